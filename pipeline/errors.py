@@ -1,0 +1,30 @@
+"""Typed errors that carry the video (or file) they are about and a reason a person can act on.
+
+Every message reads on its own in a failures table: what, which video, why.
+"""
+from __future__ import annotations
+
+
+class VidfeatError(Exception):
+    """Base of all errors this package raises on purpose (the CLI prints them without a traceback)."""
+
+
+class CheckpointError(VidfeatError):
+    """A checkpoint that cannot be read, is not a checkpoint, or does not fit the model."""
+
+
+class ConfigError(VidfeatError):
+    """A configuration, manifest or output directory that cannot be used as given."""
+
+
+class DecodeError(VidfeatError):
+    """A video that cannot be decoded. `kind` is one of KINDS; `video` names the video (id or uri)."""
+
+    KINDS = ("not_found", "permission_denied", "not_a_video", "no_frames", "corrupt", "timeout", "io")
+
+    def __init__(self, video: str, kind: str, reason: str):
+        self.video, self.kind, self.reason = video, kind, reason
+        super().__init__(f"{video}: {kind}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.video, self.kind, self.reason))
