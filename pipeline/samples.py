@@ -1,0 +1,183 @@
+"""Generated test and demo videos whose pixels carry the frame index, plus deliberately broken files.
+
+Each frame is a 4 × 4 grid of black/white cells holding the 16 bits of its index (most significant bit
+top-left, row by row), so `read_frame_index` recovers which source frame a decoded, resized, lossy frame
+came from. The cells scale with the frame, so any size or aspect ratio works, and a cell stays readable
+after a short-side resize down to 8 px and after H.264 at ordinary quality.
+
+Videos are written with PyAV (which bundles its own FFmpeg): `lossless` uses libx264rgb at crf 0 (decoded
+RGB equals `index_frame` exactly), `lossy` uses libx264 with B-frames. Times are seconds; sizes are
+width × height as FFmpeg writes them.
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+
+GRID = 4                      # cells per side; GRID² bits of frame index
+BITS = GRID * GRID
+_TIME_BASE = Fraction(1, 90000)
+
+
+def index_frame(index: int, width: int = 64, height: int = 48) -> np.ndarray:
+    """The RGB frame that encodes `index`: uint8 [height, width, 3], each cell 0 or 255."""
+    if not 0 <= index < 2**BITS:
+        raise ValueError(f"frame index {index} does not fit in {BITS} bits")
+    bits = [(index >> (BITS - 1 - b)) & 1 for b in range(BITS)]
+    cells = np.array(bits, dtype=np.uint8).reshape(GRID, GRID) * 255
+    rows = (np.arange(height) * GRID) // height
+    cols = (np.arange(width) * GRID) // width
+    frame = cells[rows[:, None], cols[None, :]]
+    return np.repeat(frame[:, :, None], 3, axis=2)
+
+
+def read_frame_index(frame: np.ndarray) -> int:
+    """The index `index_frame` encoded in `frame` (uint8 [H, W, 3] RGB, any size, lossy or resized).
+
+    Reads the mean of the middle half of each cell and thresholds it at 128.
+    """
+    height, width = frame.shape[:2]
+    gray = np.asarray(frame, dtype=np.float32).mean(axis=2)
+    index = 0
+    for r in range(GRID):
+        for c in range(GRID):
+            cell = _cell_centre(gray, r, c, height, width)
+            index = (index << 1) | int(cell.mean() >= 128)
+    return index
+
+
+def _cell_centre(gray: np.ndarray, r: int, c: int, height: int, width: int) -> np.ndarray:
+    y0, y1 = r * height / GRID, (r + 1) * height / GRID
+    x0, x1 = c * width / GRID, (c + 1) * width / GRID
+    qy, qx = (y1 - y0) / 4, (x1 - x0) / 4
+    ys = slice(int(np.ceil(y0 + qy)), max(int(np.ceil(y0 + qy)) + 1, int(np.floor(y1 - qy))))
+    xs = slice(int(np.ceil(x0 + qx)), max(int(np.ceil(x0 + qx)) + 1, int(np.floor(x1 - qx))))
+    return gray[ys, xs]
+
+
+def write_index_video(
+    path: str,
+    num_frames: int,
+    fps: float = 30.0,
+    *,
+    width: int = 64,
+    height: int = 48,
+    lossless: bool = False,
+    bframes: int = 3,
+    gop: int = 24,
+    timestamps: Sequence[float] | None = None,
+    rotation: int = 0,
+    faststart: bool = False,
+) -> str:
+    """Write a video whose frame i shows `index_frame(i)`; returns `path`.
+
+    `timestamps` (seconds, increasing, first 0) gives a variable frame rate; otherwise frame i is at
+    i / fps. `lossless` → libx264rgb crf 0 (exact RGB; width/height may be odd); else libx264 yuv420p
+    with `bframes` B-frames (even width/height). `rotation` (degrees counter-clockwise) is written as the
+    display matrix; `faststart` moves the mp4 index to the front.
+    """
+    import av
+
+    pts = _frame_pts(num_frames, fps, timestamps)
+    options = {"movflags": "+faststart"} if faststart and path.endswith((".mp4", ".mov")) else {}
+    with av.open(path, "w", options=options) as out:
+        stream = _add_h264_stream(out, fps, width, height, lossless, bframes, gop)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(index_frame(i, width, height), format="rgb24")
+            frame.pts, frame.time_base = pts[i], _TIME_BASE
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _frame_pts(num_frames: int, fps: float, timestamps: Sequence[float] | None) -> list[int]:
+    if timestamps is None:
+        timestamps = [i / fps for i in range(num_frames)]
+    if len(timestamps) != num_frames:
+        raise ValueError(f"{len(timestamps)} timestamps for {num_frames} frames")
+    pts = [round(t * _TIME_BASE.denominator) for t in timestamps]
+    if any(b <= a for a, b in zip(pts, pts[1:])):
+        raise ValueError("timestamps must be strictly increasing (after rounding to 1/90000 s)")
+    return pts
+
+
+def _add_h264_stream(out, fps, width, height, lossless, bframes, gop):
+    rate = Fraction(fps).limit_denominator(1001)
+    if lossless:
+        stream = out.add_stream("libx264rgb", rate=rate, options={"crf": "0", "preset": "ultrafast"})
+        stream.pix_fmt = "rgb24"
+    else:
+        params = f"bframes={bframes}:keyint={gop}:min-keyint={gop}:scenecut=0"
+        stream = out.add_stream("libx264", rate=rate, options={"crf": "20", "preset": "veryfast",
+                                                              "x264-params": params})
+        stream.pix_fmt = "yuv420p"
+    stream.width, stream.height = width, height
+    stream.time_base = _TIME_BASE
+    stream.codec_context.time_base = _TIME_BASE
+    return stream
+
+
+# ---------------------------------------------------------------- broken and non-video files
+
+def write_truncated(src: str, path: str, keep: float = 0.6) -> str:
+    """Copy the first `keep` fraction of the bytes of `src` to `path` (a download cut short)."""
+    with open(src, "rb") as fh:
+        data = fh.read()
+    with open(path, "wb") as fh:
+        fh.write(data[: int(len(data) * keep)])
+    return path
+
+
+def write_empty(path: str) -> str:
+    """A zero-byte file."""
+    open(path, "wb").close()
+    return path
+
+
+def write_random_bytes(path: str, size: int = 20000, seed: int = 0) -> str:
+    """`size` random bytes: not a container at all."""
+    with open(path, "wb") as fh:
+        fh.write(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
+    return path
+
+
+def write_audio_only(path: str, seconds: float = 1.0, rate: int = 16000) -> str:
+    """A container (format from `path`'s extension, e.g. .mp4/.m4a) with one AAC audio stream only."""
+    import av
+
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+    with av.open(path, "w") as out:
+        stream = out.add_stream("aac", rate=rate, layout="mono")
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def write_image(path: str, width: int = 64, height: int = 48) -> str:
+    """A PNG image written under `path` whatever its extension (an image renamed .mp4)."""
+    from PIL import Image
+
+    with open(path, "wb") as fh:
+        Image.fromarray(index_frame(5, width, height)).save(fh, format="PNG")
+    return path
+
+
+def write_demo_set(out_dir: str) -> list[str]:
+    """A handful of small index videos (CFR, VFR, portrait) for `vidfeat demo`; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    vfr = list(np.cumsum([0.0] + [1 / 30 if i % 3 else 1 / 12 for i in range(1, 150)]))
+    return [
+        write_index_video(os.path.join(out_dir, "cfr30.mp4"), 300, 30.0),
+        write_index_video(os.path.join(out_dir, "ntsc.mp4"), 240, 30000 / 1001),
+        write_index_video(os.path.join(out_dir, "vfr.mp4"), 150, 30.0, timestamps=vfr),
+        write_index_video(os.path.join(out_dir, "portrait.mp4"), 200, 25.0, width=48, height=64),
+    ]

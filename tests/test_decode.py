@@ -1,0 +1,355 @@
+"""The streaming decoder: exact frames (read back from the pixels), modes, backends, inputs, failures."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import fsspec
+import numpy as np
+import pytest
+
+from pipeline import decode as decode_module
+from pipeline import samples
+from pipeline.clips import plan_clips
+from pipeline.config import Config
+from pipeline.decode import decode_clips, local_copy, probe_video, upright
+from pipeline.errors import ConfigError, DecodeError
+from pipeline.transforms import resize_short_side
+
+TINY = Config.from_preset("tiny")                     # 4 frames, stride 8 at 30 fps, 32 px
+IN_PROCESS = TINY.replace(decode={"timeout_s": 0})
+
+
+def cfg(**decode) -> Config:
+    return IN_PROCESS.replace(decode=decode) if decode else IN_PROCESS
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+    """Small index videos, written once per session."""
+    d = tmp_path_factory.mktemp("videos")
+    vfr_ts = list(np.cumsum([0.0] + [0.02 if i % 5 else 0.19 for i in range(1, 60)]))
+    specs = {
+        "cfr30": dict(num_frames=150, fps=30.0, bframes=3),
+        "ntsc": dict(num_frames=120, fps=30000 / 1001, bframes=3),
+        "pal": dict(num_frames=90, fps=25.0, bframes=2),
+        "film": dict(num_frames=80, fps=24000 / 1001),
+        "fps60": dict(num_frames=200, fps=60.0, bframes=8, gop=60),
+        "fps50": dict(num_frames=96, fps=50.0),
+        "vfr": dict(num_frames=60, fps=30.0, timestamps=vfr_ts),
+        "portrait": dict(num_frames=60, fps=30.0, width=48, height=64),
+        "odd": dict(num_frames=50, fps=30.0, width=66, height=38),
+        "lossless": dict(num_frames=70, fps=30.0, lossless=True, width=65, height=47),
+        "one": dict(num_frames=1, fps=30.0),
+        "rotated": dict(num_frames=40, fps=30.0, width=128, height=64, rotation=90),
+    }
+    out = {}
+    for name, spec in specs.items():
+        ext = ".mkv" if name == "vfr" else ".mp4"
+        out[name] = samples.write_index_video(str(d / (name + ext)), **spec)
+    return out
+
+
+def _planned(path: str, config: Config):
+    info = probe_video(path)
+    return info, plan_clips(info.timestamps, info.duration_s, config.sampling)
+
+
+def _content(clip_or_frames) -> list[int]:
+    frames = getattr(clip_or_frames, "frames", clip_or_frames)
+    return [samples.read_frame_index(f) for f in frames]
+
+
+# ---------------------------------------------------------------- exact frames
+
+
+@pytest.mark.parametrize("name", ["cfr30", "ntsc", "pal", "film", "fps60", "fps50", "vfr", "portrait", "odd",
+                                  "lossless", "one"])
+def test_exact_mode_decodes_exactly_the_planned_frames(videos, name):
+    path = videos[name]
+    info, plan = _planned(path, TINY)
+    clips = list(decode_clips(path, cfg(mode="exact")))
+    assert [c.index for c in clips] == [p.index for p in plan]
+    for clip, spec in zip(clips, plan):
+        assert clip.frame_indices == spec.frame_indices
+        assert _content(clip) == list(spec.frame_indices)
+        assert (clip.start_s, clip.end_s, clip.valid_frames) == (spec.start_s, spec.end_s, spec.valid_frames)
+        assert clip.frames.dtype == np.uint8 and clip.frames.shape[0] == TINY.sampling.num_frames
+        assert min(clip.frames.shape[1:3]) == TINY.preprocess.size and clip.frames.shape[3] == 3
+
+
+def test_probe_reports_the_stream(videos):
+    info = probe_video(videos["ntsc"])
+    assert info.num_frames == 120 and info.fps == pytest.approx(29.97, abs=1e-3) and not info.vfr
+    assert info.duration_s == pytest.approx(120 / (30000 / 1001))
+    assert (info.width, info.height, info.codec, info.rotation) == (64, 48, "h264", 0)
+    vfr = probe_video(videos["vfr"])
+    assert vfr.vfr and vfr.num_frames == 60
+    assert vfr.timestamps[5] == pytest.approx(0.02 * 4 + 0.19, abs=1e-3)
+    assert set(probe_video(videos["portrait"]).to_dict()) >= {"fps", "num_frames", "duration_s", "width", "height"}
+
+
+def test_default_sampling_on_a_one_frame_video(videos):
+    (clip,) = decode_clips(videos["one"], Config().replace(decode={"timeout_s": 0}))
+    assert clip.frame_indices == (0,) * 96 and clip.valid_frames == 1
+    assert clip.frames.shape == (96, 224, 298, 3)
+
+
+def test_lossless_frames_equal_resized_source_pixels(videos):
+    clips = list(decode_clips(videos["lossless"], cfg(mode="exact")))
+    for clip in clips:
+        for frame, index in zip(clip.frames, clip.frame_indices):
+            expected = resize_short_side(samples.index_frame(index, 65, 47)[None], 32)[0]
+            assert np.array_equal(frame, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fast_mode_snaps_within_max_snap_and_reports_the_frame_used(videos, threads):
+    for name in ("cfr30", "fps60", "ntsc"):
+        _, plan = _planned(videos[name], TINY)
+        clips = list(decode_clips(videos[name], cfg(mode="fast", threads=threads)))
+        assert len(clips) == len(plan)
+        for clip, spec in zip(clips, plan):
+            assert _content(clip) == list(clip.frame_indices)          # the reported frame is the real one
+            assert max(abs(a - b) for a, b in zip(clip.frame_indices, spec.frame_indices)) <= 2
+
+
+def test_fast_mode_with_max_snap_zero_is_exact(videos):
+    _, plan = _planned(videos["fps60"], TINY)
+    clips = list(decode_clips(videos["fps60"], cfg(mode="fast", max_snap=0)))
+    assert [c.frame_indices for c in clips] == [p.frame_indices for p in plan]
+    assert all(_content(c) == list(c.frame_indices) for c in clips)
+
+
+def test_fast_mode_falls_back_when_no_reference_frame_is_close(videos):
+    # 8 B-frames in a row: the middle ones are more than 2 frames from any reference frame
+    _, plan = _planned(videos["fps60"], TINY)
+    clips = list(decode_clips(videos["fps60"], cfg(mode="fast", max_snap=1)))
+    for clip, spec in zip(clips, plan):
+        assert _content(clip) == list(clip.frame_indices)
+        assert max(abs(a - b) for a, b in zip(clip.frame_indices, spec.frame_indices)) <= 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 0])
+def test_exact_mode_with_decoder_threads(videos, threads):
+    _, plan = _planned(videos["fps60"], TINY)
+    clips = list(decode_clips(videos["fps60"], cfg(mode="exact", threads=threads)))
+    assert [_content(c) for c in clips] == [list(p.frame_indices) for p in plan]
+
+
+@pytest.mark.parametrize("name", ["cfr30", "ntsc", "portrait", "odd", "lossless", "rotated", "one"])
+def test_decord_and_pyav_agree_in_exact_mode(videos, name):
+    info = probe_video(videos[name])
+    pyav = list(decode_clips(videos[name], cfg(mode="exact")))
+    decord = list(decode_clips(videos[name], cfg(mode="exact", backend="decord")))
+    assert [c.frame_indices for c in pyav] == [c.frame_indices for c in decord]
+    for a, b in zip(pyav, decord):
+        assert a.frames.shape == b.frames.shape
+        assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
+        assert _content(upright(b.frames, -info.rotation)) == list(b.frame_indices)
+
+
+def test_rotation_is_recorded_and_applied(videos):
+    info = probe_video(videos["rotated"])
+    assert info.rotation == 90 and (info.width, info.height) == (128, 64)
+    (clip, *_) = decode_clips(videos["rotated"], cfg())
+    assert clip.frames.shape[1:3] == (64, 32)                  # upright: portrait
+    turned_back = upright(clip.frames, -90)
+    assert [samples.read_frame_index(f) for f in turned_back] == list(clip.frame_indices)
+
+
+def test_memory_stays_flat_across_clips(videos):
+    # every clip owns a fresh buffer of one clip's frames; nothing accumulates in the decoder
+    clips = decode_clips(videos["fps60"], cfg())
+    first = next(clips)
+    sizes = {c.frames.nbytes for c in clips}
+    assert sizes == {first.frames.nbytes}
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_file_and_memory_urls(videos):
+    expected = [c.frame_indices for c in decode_clips(videos["pal"], cfg())]
+    assert [c.frame_indices for c in decode_clips("file://" + videos["pal"], cfg())] == expected
+    with open(videos["pal"], "rb") as src, fsspec.open("memory://bucket/pal.mp4", "wb") as dst:
+        dst.write(src.read())
+    clips = list(decode_clips("memory://bucket/pal.mp4", cfg(), video_id="pal-1"))
+    assert [c.frame_indices for c in clips] == expected
+    assert {c.video for c in clips} == {"pal-1"}
+
+
+def test_remote_spool_is_removed_after_success_error_and_close(videos, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with open(videos["cfr30"], "rb") as src, fsspec.open("memory://spool/v.mp4", "wb") as dst:
+        dst.write(src.read())
+    fsspec.filesystem("memory").pipe("memory://spool/bad.mp4", b"\x00" * 100)
+    list(decode_clips("memory://spool/v.mp4", cfg()))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(DecodeError):
+        list(decode_clips("memory://spool/bad.mp4", cfg()))
+    assert os.listdir(tmp_path) == []
+    gen = decode_clips("memory://spool/v.mp4", cfg())
+    next(gen)
+    assert len(os.listdir(tmp_path)) == 1                       # spooled while in use
+    gen.close()
+    assert os.listdir(tmp_path) == []
+    with local_copy("memory://spool/v.mp4") as path:
+        assert os.path.getsize(path) == os.path.getsize(videos["cfr30"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_remote_file_is_not_found():
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips("memory://nowhere/x.mp4", cfg()))
+    assert err.value.kind == "not_found" and "memory://nowhere/x.mp4" in str(err.value)
+
+
+# ---------------------------------------------------------------- failures
+
+
+@pytest.fixture(scope="session")
+def broken(tmp_path_factory, videos):
+    d = tmp_path_factory.mktemp("broken")
+    cut_index_last = samples.write_index_video(str(d / "src_end.mp4"), 150, 30.0)
+    cut_index_first = samples.write_index_video(str(d / "src_front.mp4"), 150, 30.0, faststart=True)
+    cut_mkv = samples.write_index_video(str(d / "src.mkv"), 150, 30.0)
+    return {
+        "empty": (samples.write_empty(str(d / "empty.mp4")), "not_a_video"),
+        "random": (samples.write_random_bytes(str(d / "random.mp4")), "not_a_video"),
+        "audio": (samples.write_audio_only(str(d / "audio.mp4")), "not_a_video"),
+        "image": (samples.write_image(str(d / "image.mp4")), "not_a_video"),
+        "directory": (str(d), "not_a_video"),
+        "missing": (str(d / "missing.mp4"), "not_found"),
+        "truncated_no_index": (samples.write_truncated(cut_index_last, str(d / "cut_end.mp4")), "corrupt"),
+        "truncated_front_index": (samples.write_truncated(cut_index_first, str(d / "cut_front.mp4")), None),
+        "truncated_mkv": (samples.write_truncated(cut_mkv, str(d / "cut.mkv")), None),
+    }
+
+
+@pytest.mark.parametrize("name", ["empty", "random", "audio", "image", "directory", "missing",
+                                  "truncated_no_index"])
+def test_broken_inputs_raise_the_right_kind_naming_the_video(broken, name):
+    path, kind = broken[name]
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(path, cfg()))
+    assert err.value.kind == kind
+    assert str(err.value).startswith(path) and err.value.video == path
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(path, cfg(), video_id="vid-42"))
+    assert str(err.value).startswith("vid-42:")
+
+
+@pytest.mark.parametrize("name", ["truncated_front_index", "truncated_mkv"])
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_truncated_files_give_what_is_decodable(broken, name, mode):
+    path, _ = broken[name]
+    clips = list(decode_clips(path, cfg(mode=mode)))
+    assert clips and all(_content(c) == list(c.frame_indices) for c in clips)
+    last = max(i for c in clips for i in c.frame_indices)
+    assert 8 <= last < 140                                       # some, not all, of the 150 frames
+    info = probe_video(path)
+    assert info.num_frames < 150 and (info.truncated or name == "truncated_mkv")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
+def test_unreadable_file_is_permission_denied(videos, tmp_path):
+    path = tmp_path / "locked.mp4"
+    path.write_bytes(open(videos["pal"], "rb").read())
+    path.chmod(0)
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(str(path), cfg()))
+    assert err.value.kind == "permission_denied"
+
+
+@pytest.mark.parametrize("exc,kind", [(PermissionError("denied"), "permission_denied"),
+                                      (FileNotFoundError("gone"), "not_found"),
+                                      (ConnectionError("reset by peer"), "io")])
+def test_remote_storage_errors_map_to_kinds(monkeypatch, exc, kind):
+    fs = fsspec.filesystem("memory")
+    fs.pipe("memory://flaky/x.mp4", b"x")
+    monkeypatch.setattr(type(fs), "get_file", lambda *a, **k: (_ for _ in ()).throw(exc))
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips("memory://flaky/x.mp4", cfg()))
+    assert err.value.kind == kind and "memory://flaky/x.mp4" in str(err.value)
+
+
+def test_bad_decode_config_is_a_config_error(videos):
+    with pytest.raises(ConfigError):
+        list(decode_clips(videos["pal"], cfg(backend="opencv")))
+    with pytest.raises(ConfigError):
+        list(decode_clips(videos["pal"], cfg(mode="approximate")))
+
+
+# ---------------------------------------------------------------- watchdog worker
+
+
+def _worker_processes() -> set[int]:
+    pids = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if b"pipeline.decode import _worker_main" in fh.read() and int(pid) != os.getpid():
+                        pids.add(int(pid))
+            except OSError:
+                pass
+    return pids
+
+
+def _children_of_this_process() -> set[int]:
+    return {pid for pid in _worker_processes() if _parent(pid) == os.getpid()}
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+def test_worker_streams_the_same_clips(videos):
+    config = TINY.replace(decode={"timeout_s": 60})
+    for name in ("ntsc", "vfr"):
+        in_worker = list(decode_clips(videos[name], config))
+        local = list(decode_clips(videos[name], cfg()))
+        assert [c.frame_indices for c in in_worker] == [c.frame_indices for c in local]
+        assert all(np.array_equal(a.frames, b.frames) for a, b in zip(in_worker, local))
+
+
+def test_worker_reports_errors_and_stays_usable(videos, broken):
+    config = TINY.replace(decode={"timeout_s": 60})
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(broken["audio"][0], config))
+    assert err.value.kind == "not_a_video"
+    assert len(list(decode_clips(videos["pal"], config))) > 0
+
+
+def test_watchdog_kills_a_hanging_decode(tmp_path, videos):
+    fifo = str(tmp_path / "hang.mp4")
+    os.mkfifo(fifo)                              # opening it blocks forever inside FFmpeg
+    config = TINY.replace(decode={"timeout_s": 2})
+    list(decode_clips(videos["pal"], config))    # a warm worker, so the test times only the hang
+    before = _children_of_this_process()
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(fifo, config))
+    assert err.value.kind == "timeout" and str(err.value).startswith(fifo)
+    assert _children_of_this_process() <= before       # the hung worker is gone, not left behind
+    assert len(list(decode_clips(videos["pal"], config))) > 0   # and the caller goes on
+
+
+def test_closing_early_leaves_no_busy_worker(videos):
+    config = TINY.replace(decode={"timeout_s": 60})
+    gen = decode_clips(videos["fps60"], config)
+    next(gen)
+    gen.close()
+    assert len(decode_module._POOL.idle) <= decode_module._MAX_IDLE_WORKERS
+    assert len(list(decode_clips(videos["fps60"], config))) == len(_planned(videos["fps60"], TINY)[1])
+
+
+def test_shutdown_ends_all_workers(videos):
+    list(decode_clips(videos["pal"], TINY.replace(decode={"timeout_s": 60})))
+    assert _children_of_this_process()
+    decode_module._POOL.shutdown()
+    assert not _children_of_this_process()

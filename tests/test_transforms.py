@@ -1,0 +1,130 @@
+"""Resize / crop / normalise against explicit reference computations of the official semantics."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import PreprocessConfig
+from pipeline.transforms import crop, crop_offsets, resize_short_side, resized_shape, to_model_input
+
+
+def _reference_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear, align_corners=False, no antialias, written out by hand in float64: [H, W, C] → float."""
+    in_h, in_w = img.shape[:2]
+
+    def taps(n_in, n_out):
+        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        src = np.maximum(src, 0.0)
+        i0 = np.floor(src).astype(int)
+        i0 = np.minimum(i0, n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+
+    y0, y1, wy = taps(in_h, out_h)
+    x0, x1, wx = taps(in_w, out_w)
+    img = img.astype(np.float64)
+    top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
+    bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
+    return top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
+
+
+def _official_uniform_crop_offsets(height, width, size, spatial_idx):
+    """The offsets of TimeSformer's `uniform_crop`, restated."""
+    y = int(math.ceil((height - size) / 2))
+    x = int(math.ceil((width - size) / 2))
+    if height > width:
+        y = {0: 0, 1: y, 2: height - size}[spatial_idx]
+    else:
+        x = {0: 0, 1: x, 2: width - size}[spatial_idx]
+    return y, x
+
+
+@pytest.mark.parametrize("hw,size,expected", [
+    ((360, 640), 224, (224, 398)), ((640, 360), 224, (398, 224)), ((1080, 1920), 224, (224, 398)),
+    ((224, 300), 224, (224, 300)), ((300, 224), 224, (300, 224)), ((100, 100), 224, (224, 224)),
+    ((48, 64), 32, (32, 42)), ((47, 65), 32, (32, 44)), ((720, 1280), 448, (448, 796)),
+])
+def test_resized_shape_floors_the_long_side(hw, size, expected):
+    assert resized_shape(*hw, size) == expected
+
+
+@pytest.mark.parametrize("hw,size", [((48, 64), 32), ((47, 65), 32), ((64, 48), 32), ((30, 40), 224),
+                                     ((36, 64), 24), ((90, 160), 56)])
+def test_resize_matches_reference_bilinear(hw, size):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, *hw, 3), dtype=np.uint8)
+    out = resize_short_side(frames, size)
+    out_h, out_w = resized_shape(*hw, size)
+    assert out.dtype == np.uint8 and out.shape == (3, out_h, out_w, 3)
+    for t in range(3):
+        ref = _reference_bilinear(frames[t], out_h, out_w)
+        diff = np.abs(out[t].astype(np.float64) - ref)
+        assert diff.max() <= 0.5 + 1e-3          # rounding to nearest only
+
+
+def test_resize_equals_torch_interpolate_and_keeps_type():
+    frames = torch.randint(0, 256, (2, 36, 64, 3), dtype=torch.uint8)
+    out = resize_short_side(frames, 24)
+    ref = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(24, 42), mode="bilinear",
+                                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    assert isinstance(out, torch.Tensor)
+    assert torch.equal(out, ref.permute(0, 2, 3, 1))
+
+
+def test_resize_is_identity_when_short_side_already_fits():
+    frames = np.random.default_rng(1).integers(0, 256, (2, 32, 50, 3), dtype=np.uint8)
+    assert np.array_equal(resize_short_side(frames, 32), frames)
+
+
+def test_resize_rejects_wrong_input():
+    with pytest.raises(ValueError, match="uint8"):
+        resize_short_side(np.zeros((2, 8, 8, 3), np.float32), 4)
+    with pytest.raises(ValueError, match="uint8"):
+        resize_short_side(np.zeros((8, 8, 3), np.uint8), 4)
+
+
+@pytest.mark.parametrize("hw", [(224, 398), (398, 224), (224, 224), (225, 300), (300, 227), (33, 32)])
+def test_crop_offsets_follow_official_uniform_crop(hw):
+    size = min(hw)
+    size = 224 if size >= 224 else 32
+    assert crop_offsets(*hw, size, 1) == [_official_uniform_crop_offsets(*hw, size, 1)]
+    assert crop_offsets(*hw, size, 3) == [_official_uniform_crop_offsets(*hw, size, i) for i in range(3)]
+
+
+def test_crop_returns_views_of_the_right_pixels():
+    frames = np.arange(2 * 6 * 10 * 3, dtype=np.int64).reshape(2, 6, 10, 3)
+    left, centre, right = crop(frames, 6, 3)
+    assert np.array_equal(left, frames[:, :, 0:6])
+    assert np.array_equal(centre, frames[:, :, 2:8])
+    assert np.array_equal(right, frames[:, :, 4:10])
+    with pytest.raises(ValueError):
+        crop(frames, 7)
+    with pytest.raises(ValueError):
+        crop(frames, 4, crops=2)
+
+
+@pytest.mark.parametrize("crops", [1, 3])
+def test_to_model_input_matches_reference(crops):
+    p = PreprocessConfig(size=32, crops=crops, mean=(0.45, 0.4, 0.5), std=(0.225, 0.2, 0.25))
+    frames = torch.randint(0, 256, (2, 4, 32, 42, 3), dtype=torch.uint8)
+    out = to_model_input(frames, p)
+    assert out.dtype == torch.float32 and out.shape == (2 * crops, 3, 4, 32, 32)
+    mean = np.array(p.mean).reshape(3, 1, 1, 1)
+    std = np.array(p.std).reshape(3, 1, 1, 1)
+    for b in range(2):
+        for c, (y, x) in enumerate(crop_offsets(32, 42, 32, crops)):
+            clip = frames[b, :, y:y + 32, x:x + 32].numpy().transpose(3, 0, 1, 2) / 255.0
+            ref = (clip - mean) / std
+            np.testing.assert_allclose(out[b * crops + c].numpy(), ref, rtol=0, atol=1e-5)
+
+
+def test_to_model_input_default_config_and_validation():
+    frames = torch.full((1, 2, 224, 300, 3), 255, dtype=torch.uint8)
+    out = to_model_input(frames)
+    assert out.shape == (1, 3, 2, 224, 224)
+    assert torch.allclose(out, torch.full_like(out, (1 - 0.45) / 0.225))
+    with pytest.raises(ValueError):
+        to_model_input(frames[0])
