@@ -1,45 +1,187 @@
-"""vidfeat command line: extract | status | verify | inspect | search | demo (contract: DESIGN.md §4).
+"""vidfeat command line: extract | status | verify | inspect | demo (contract: DESIGN.md §4).
 
-Exit codes: 0 success; 1 the run finished but some videos failed; 2 bad usage or configuration;
-3 the run was stopped (failure rate over --max-failure-rate, or an unrecoverable error).
+Exit codes: 0 success; 1 the command finished but found failures (failed videos, a failed verify);
+2 bad usage, configuration, input or output directory; 3 the run was stopped (more failures than
+--max-failure-rate allows).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 
 from pipeline.errors import VidfeatError
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
+
+
+def add_extract_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments of `vidfeat extract` (shared with `python -m jobs.extract`)."""
+    ap.add_argument("source", help="manifest (csv/parquet/jsonl with uri[, video_id]) or a directory/glob of videos")
+    ap.add_argument("--out", required=True, help="output directory (local path or fsspec URL)")
+    ap.add_argument("--config", help="YAML config (see jobs/*.yaml); flags below override it")
+    ap.add_argument("--preset", help="model preset (default: timesformer-l-howto100m)")
+    ap.add_argument("--checkpoint", help="checkpoint path/URL, or 'random' for seeded random weights")
+    ap.add_argument("--seed", type=int, help="seed of random weights")
+    ap.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    ap.add_argument("--retry-failed", action="store_true", help="redo videos that failed in earlier runs")
+    ap.add_argument("--max-failure-rate", type=float, help="stop (exit 3) when more than this fraction fails")
+    ap.add_argument("--batch-size", type=int, help="clips per inference batch")
+    ap.add_argument("--num-actors", type=int, help="inference actors (default: one per GPU, else 1)")
+    ap.add_argument("--crops", type=int, choices=(1, 3), help="1 centre crop or 3 crops along the long side")
+    ap.add_argument("--decode-mode", choices=("fast", "exact"), help="decode reference frames only, or exactly")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace):
+    """YAML (if any), then the preset, then each flag given."""
+    import yaml
+
+    from pipeline.config import Config
+
+    data: dict = {}
+    if args.config:
+        import fsspec
+
+        with fsspec.open(args.config, "r") as fh:
+            data = yaml.safe_load(fh) or {}
+    sections = {k: dict(data.get(k) or {}) for k in ("model", "sampling", "preprocess", "decode", "run")}
+    if args.preset:
+        sections["model"]["preset"] = args.preset
+    flags = {("model", "checkpoint"): args.checkpoint, ("model", "seed"): args.seed,
+             ("run", "address"): args.address, ("run", "max_failure_rate"): args.max_failure_rate,
+             ("run", "batch_size"): args.batch_size, ("run", "num_actors"): args.num_actors,
+             ("preprocess", "crops"): args.crops, ("decode", "mode"): args.decode_mode}
+    for (section, key), value in flags.items():
+        if value is not None:
+            sections[section][key] = value
+    if args.retry_failed:
+        sections["run"]["retry_failed"] = True
+    try:
+        return Config.from_dict({**data, **sections})
+    except (TypeError, ValueError) as exc:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from pipeline.runner import FailureRateExceeded, run_extract
+
+    config = config_from_args(args)
+    try:
+        summary = run_extract(args.source, args.out, config, progress=not args.no_progress)
+    except FailureRateExceeded as exc:
+        print(f"vidfeat extract: stopped: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+    print_summary(summary.to_dict(), config.model.checkpoint)
+    return EXIT_FAILURES if summary.failed else EXIT_OK
+
+
+def print_summary(s: dict, checkpoint: str | None) -> None:
+    if checkpoint == "random":
+        print("NOTE: random model weights (--checkpoint random): the features are meaningless.")
+    print(f"videos: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped (of {s['total']}); "
+          f"clips: {s['clips']}; video: {s['video_hours']:.3f} h in {s['wall_s']:.1f} s "
+          f"({s['video_s_per_s']:.1f} video-s/s)")
+    print(f"time per stage (summed over workers): decode {s['decode_s']:.1f} s, inference {s['infer_s']:.1f} s, "
+          f"commit {s['commit_s']:.1f} s; inference on: {', '.join(s['devices']) or '-'}")
+    for f in s["failures"][:20]:
+        print(f"  failed: {f['video_id']} [{f['stage']}] {f['error']}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.status import status
+
+    report = status(args.out, source=args.source)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.out}: {report['done']} done, {report['failed']} failed, "
+              f"{report['pending'] if report['pending'] is not None else '?'} pending; {report['parts']} parts")
+        for f in report["failures"][:20]:
+            print(f"  failed: {f['video_id']} [{f['stage']}] {f['error']}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.verify import verify
+
+    report = verify(args.out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.out}: {report['videos']} videos, {report['clips']} clips in {report['parts']} parts")
+        for problem in report["problems"]:
+            print(f"  PROBLEM: {problem}")
+        print("OK" if report["ok"] else f"FAILED: {len(report['problems'])} problem(s)")
+    return EXIT_OK if report["ok"] else EXIT_FAILURES
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.config import Config
+    from pipeline.probe import dump_frames, inspect_video
+
+    config = Config.from_preset(args.preset)
+    report = inspect_video(args.video, config)
+    if args.dump_frames:
+        dump_frames(args.video, args.dump_frames, config)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        v = report["video"]
+        print(f"{args.video}: {v['width']}x{v['height']}, {v['fps']:.3f} fps, {v['num_frames']} frames, "
+              f"{v['duration_s']:.2f} s")
+        for c in report["clips"]:
+            print(f"  clip {c['index']}: {c['start_s']:.2f}-{c['end_s']:.2f} s, {c['valid_frames']} valid, "
+                  f"frames {c['frame_indices'][0]}..{c['frame_indices'][-1]}")
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Smoke run of the model: random `tiny` weights on one random clip."""
-    import torch
+    """Generate sample videos, then run the real pipeline on them with a random-weight `tiny` model."""
+    from pipeline.samples import write_demo_set
 
-    from pipeline.model import load_timesformer
-
-    model = load_timesformer("random", preset=args.preset)
-    arch = model.arch
-    x = torch.randn(1, 3, arch["num_frames"], arch["img_size"], arch["img_size"])
-    with torch.inference_mode():
-        emb = model.forward_features(x)
-        logits = model.forward_head(emb)
-    print(json.dumps({"note": f"RANDOM weights, preset {args.preset!r}: numbers are meaningless",
-                      "embedding_dim": emb.shape[1], "num_classes": logits.shape[1],
-                      "embedding_head": [round(v, 4) for v in emb[0, :4].tolist()]}))
-    return EXIT_OK
+    videos = os.path.join(args.out, "samples")
+    write_demo_set(videos)
+    print(f"wrote {len(os.listdir(videos))} sample videos to {videos}")
+    print("running the pipeline with RANDOM weights of the 'tiny' preset: the machinery is real, the numbers are not")
+    extract = build_parser().parse_args(["extract", videos, "--out", os.path.join(args.out, "features"),
+                                         "--preset", "tiny", "--checkpoint", "random"]
+                                        + (["--no-progress"] if args.no_progress else []))
+    code = cmd_extract(extract)
+    print(f"features in {os.path.join(args.out, 'features')} (try: vidfeat status / vidfeat verify on it)")
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vidfeat", description="Long-video TimeSformer features on Ray.")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = ap.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run on sample videos it generates (random tiny model)")
-    demo.add_argument("--preset", default="tiny")
-    demo.set_defaults(func=cmd_demo)
+    p = sub.add_parser("extract", help="extract features of a corpus (resumable)")
+    add_extract_arguments(p)
+    p.set_defaults(func=cmd_extract)
+    p = sub.add_parser("status", help="done / failed / pending of an output directory")
+    p.add_argument("out")
+    p.add_argument("--source", help="corpus to count pending videos against (default: the last run's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("verify", help="check an output directory: every done video once, numbers consistent")
+    p.add_argument("out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("inspect", help="a video's metadata, clip plan and the frames the model sees")
+    p.add_argument("video")
+    p.add_argument("--preset", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--dump-frames", metavar="DIR")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("demo", help="run the pipeline on sample videos it generates (random tiny model)")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return ap
 
 

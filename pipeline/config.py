@@ -62,7 +62,8 @@ class DecodeConfig:
 class RunConfig:
     batch_size: int = 0                # clips per inference batch; 0 = 4 on GPU, 1 on CPU
     num_actors: int = 0                # inference actors; 0 = one per GPU, else 1 on CPU
-    num_decoders: int = 0              # decode workers; 0 = CPUs left after the actors
+    num_decoders: int = 0              # decode tasks at once; 0 = as many as CPUs (and memory) allow
+    decode_memory_mb: int = 1024       # memory reserved per decode task (scheduling, not a hard limit)
     commit_every: int = 64             # videos per committed part
     max_failure_rate: float = 1.0      # fail the run when more than this fraction of videos fails
     retry_failed: bool = False

@@ -1,0 +1,102 @@
+"""The inference stage: a Ray Data callable class that owns one model on one GPU (or the CPU).
+
+Batches arrive as columns of clip rows from the decode stage, frames uint8 [crops, T, S, S, 3]; rows
+with a non-empty `error` are failures travelling through and are passed on untouched. Frames are
+normalised where the model lives (on the GPU when there is one), run under bf16 autocast on CUDA and
+fp32 on the CPU, and the crops of a clip are averaged. An exception in a batch fails the rows of that
+batch (stage "infer") and the actor goes on; a crashed actor is restarted by Ray and its batches retried.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import torch
+
+from pipeline.config import Config
+from pipeline.model import load_timesformer
+from pipeline.transforms import to_model_input
+
+log = logging.getLogger(__name__)
+
+RESULT_DROP = ("frames",)
+
+
+def pick_device() -> torch.device:
+    """CUDA when this process can see a device; else the CPU (also when Ray gave a GPU id but no device)."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def describe_device(device: torch.device) -> str:
+    """"cuda:0 (NVIDIA H100 …)", "cpu", or "cpu (fallback: Ray GPU ids [0], no CUDA device)"."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+    try:
+        import ray
+
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:                                             # noqa: BLE001 - outside Ray
+        gpu_ids = []
+    return f"cpu (fallback: Ray GPU ids {list(gpu_ids)}, no CUDA device)" if gpu_ids else "cpu"
+
+
+class ClipEmbedder:
+    """Callable class for `Dataset.map_batches`: clip batches → embedding and logits columns."""
+
+    def __init__(self, config: dict):
+        self.config = Config.from_dict(config)
+        m = self.config.model
+        self.device = pick_device()
+        self.dtype = _dtype(m.precision, self.device)
+        model = load_timesformer(m.checkpoint, preset=m.preset, seed=m.seed, fused_attn=m.fused_attn,
+                                 num_frames=self.config.sampling.num_frames, img_size=self.config.preprocess.size)
+        self.model = model.to(self.device).eval()
+        self.forward = torch.compile(self.model.forward_features) if m.compile and self.device.type == "cuda" \
+            else self.model.forward_features
+        self.preprocess = dataclasses.replace(self.config.preprocess, crops=1)   # crops already cut
+        self.device_label = describe_device(self.device)
+        log.info("inference actor ready on %s (%s)", self.device_label, self.dtype)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        n = len(batch["video_id"])
+        ok = [i for i in range(n) if not batch["error"][i]]
+        dim, classes = self.model.embed_dim, self.model.num_classes
+        emb = np.zeros((n, dim), np.float32)
+        logits = np.zeros((n, classes), np.float32)
+        errors = np.array([str(e) for e in batch["error"]], dtype=object)
+        stages = np.array([str(s) for s in batch["stage"]], dtype=object)
+        if ok:
+            try:
+                emb[ok], logits[ok] = self.embed(np.stack([batch["frames"][i] for i in ok]))
+            except Exception as exc:                              # noqa: BLE001 - becomes failure rows
+                log.exception("inference failed on a batch of %d clips", len(ok))
+                for i in ok:
+                    errors[i] = f"inference: {type(exc).__name__}: {exc}"
+                    stages[i] = "infer"
+        out = {k: v for k, v in batch.items() if k not in RESULT_DROP}
+        out.update(embedding=emb, logits=logits, error=errors, stage=stages,
+                   infer_s=np.full(n, (time.perf_counter() - start) / max(n, 1)),
+                   device=np.full(n, self.device_label, dtype=object))
+        return out
+
+    @torch.inference_mode()
+    def embed(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [B, crops, T, S, S, 3] → (embedding [B, D], logits [B, C]) averaged over crops, float32."""
+        b, crops = frames.shape[:2]
+        x = torch.from_numpy(frames).to(self.device, non_blocking=True).flatten(0, 1)
+        x = to_model_input(x, self.preprocess)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            emb = self.forward(x)
+            logits = self.model.forward_head(emb)
+        emb = emb.float().view(b, crops, -1).mean(dim=1)
+        logits = logits.float().view(b, crops, -1).mean(dim=1)
+        return emb.cpu().numpy(), logits.cpu().numpy()
+
+
+def _dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]

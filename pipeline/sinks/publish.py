@@ -1,0 +1,40 @@
+"""Publish a finished local file at its final URL, whole or not at all.
+
+Local disk: the file is moved next to its destination under a hidden temporary name (`.tmp-…`), then
+renamed over it (`os.replace`, atomic on POSIX). Object stores: one upload to the final key, which S3,
+GCS and Azure make visible only when complete (an interrupted multipart upload shows nothing).
+Readers ignore names starting with `.` or `_`, so a leftover temporary is never read.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+
+def publish_file(local_path: str, url: str) -> None:
+    """Move/upload `local_path` to `url` atomically (see module doc). `local_path` is consumed."""
+    fs, path = url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        directory, name = os.path.split(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+        shutil.move(local_path, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.put_file(local_path, path)
+        os.remove(local_path)
+
+
+def publish_bytes(data: bytes, url: str) -> None:
+    """Publish `data` as the whole content of `url`."""
+    fd, tmp = tempfile.mkstemp(prefix="vidfeat-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    publish_file(tmp, url)

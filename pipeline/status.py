@@ -1,0 +1,35 @@
+"""`vidfeat status`: done / failed / pending of an output directory, from its ledger."""
+from __future__ import annotations
+
+import json
+
+from pipeline.corpus import read_corpus
+from pipeline.errors import VidfeatError
+from pipeline.ledger import Ledger
+
+
+def last_run(ledger: Ledger) -> dict | None:
+    """The newest run record (runs/<run_id>.json; run ids sort by start time)."""
+    runs = [p for p in ledger.ls("runs") if p.endswith(".json")]
+    if not runs:
+        return None
+    with ledger.fs.open(sorted(runs)[-1], "r") as fh:
+        return json.load(fh)
+
+
+def status(out: str, source: str | None = None) -> dict:
+    """Counts of done / failed / pending videos (pending needs the corpus: `source` or the last run's)."""
+    ledger = Ledger(out)
+    state = ledger.load()
+    run = last_run(ledger)
+    source = source or (run or {}).get("source")
+    pending = None
+    if source:
+        try:
+            pending = len(state.pending([r.video_id for r in read_corpus(source)]))
+        except (VidfeatError, OSError):
+            pending = None
+    return {"out": out, "source": source, "done": len(state.done), "failed": len(state.failed),
+            "pending": pending, "parts": len(state.parts),
+            "failures": sorted(state.failed.values(), key=lambda f: f["video_id"]),
+            "last_run": (run or {}).get("summary")}

@@ -1,0 +1,97 @@
+"""`vidfeat verify OUT`: the output directory keeps its promises.
+
+Checks: every part with a ledger record has readable files; every ledger-done video is present exactly
+once in videos/ and in hdf5/, and nothing else is; Parquet and HDF5 hold the same numbers; shapes
+agree across parts; values are finite; each video's clips are 0..num_clips-1 in clips/ and hdf5.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from pipeline.ledger import Ledger
+
+
+def verify(out: str) -> dict:
+    """A report {"ok", "problems": [...], "videos", "clips", "parts"}; never raises on bad content."""
+    ledger = Ledger(out)
+    state = ledger.load()
+    problems: list[str] = []
+    seen_parquet: collections.Counter = collections.Counter()
+    seen_hdf5: collections.Counter = collections.Counter()
+    shapes: set[tuple[int, int]] = set()
+    clips_total = 0
+    for part in sorted(state.parts):
+        files = {sub: ledger.path(sub, f"{part}.{ext}") for sub, ext in
+                 (("videos", "parquet"), ("clips", "parquet"), ("hdf5", "h5"))}
+        if not ledger.fs.exists(files["videos"]):
+            continue                                     # a part holding failures only
+        try:
+            pq_videos, pq_clips, h5 = _read_part(ledger, files)
+        except Exception as exc:                         # noqa: BLE001 - every unreadable part is a finding
+            problems.append(f"{part}: unreadable: {type(exc).__name__}: {exc}")
+            continue
+        seen_parquet.update(pq_videos["video_id"])
+        seen_hdf5.update(h5["video_id"])
+        shapes.add((pq_videos["embedding"].shape[1], pq_videos["logits"].shape[1]))
+        clips_total += len(pq_clips["video_id"])
+        problems += [f"{part}: {p}" for p in _check_part(pq_videos, pq_clips, h5)]
+    for name, seen in (("videos/", seen_parquet), ("hdf5/", seen_hdf5)):
+        problems += [f"{vid} appears {n} times in {name}" for vid, n in sorted(seen.items()) if n > 1]
+        problems += [f"{vid} is done in the ledger but missing from {name}" for vid in sorted(state.done - set(seen))]
+        problems += [f"{vid} is in {name} but not done in the ledger" for vid in sorted(set(seen) - state.done)]
+    if len(shapes) > 1:
+        problems.append(f"parts disagree on (embedding dim, classes): {sorted(shapes)}")
+    return {"out": out, "ok": not problems, "problems": problems, "videos": sum(seen_parquet.values()),
+            "clips": clips_total, "parts": len(state.parts)}
+
+
+def _read_part(ledger: Ledger, files: dict) -> tuple[dict, dict, dict]:
+    import h5py
+    import pyarrow.parquet as pq
+
+    def table(path):
+        with ledger.fs.open(path, "rb") as fh:
+            t = pq.read_table(fh)
+        return {c: _column(t, c) for c in t.column_names}
+
+    with ledger.fs.open(files["hdf5"], "rb") as fh, h5py.File(fh, "r") as f:
+        h5 = {k: f[k][()] for k in ("video_id", "num_clips", "clip_offset", "embedding", "logits", "probs")}
+        h5.update({f"clips/{k}": f[f"clips/{k}"][()] for k in ("clip_index", "embedding", "logits")})
+    h5["video_id"] = [v.decode() if isinstance(v, bytes) else str(v) for v in h5["video_id"]]
+    return table(files["videos"]), table(files["clips"]), h5
+
+
+def _column(table, name: str):
+    col = table.column(name)
+    values = col.to_pylist()
+    if values and isinstance(values[0], list):
+        return np.array(values, dtype=np.float32 if name in ("embedding", "logits", "probs") else None)
+    return values
+
+
+def _check_part(videos: dict, clips: dict, h5: dict) -> list[str]:
+    problems = []
+    if list(videos["video_id"]) != list(h5["video_id"]):
+        return ["videos/ and hdf5/ list different videos"]
+    for key in ("embedding", "logits", "probs"):
+        if videos[key].shape != h5[key].shape:
+            problems.append(f"{key}: Parquet {videos[key].shape} vs HDF5 {h5[key].shape}")
+        elif not np.array_equal(videos[key], h5[key]):
+            problems.append(f"{key}: Parquet and HDF5 numbers differ")
+        if not np.isfinite(videos[key]).all():
+            bad = [v for v, row in zip(videos["video_id"], videos[key]) if not np.isfinite(row).all()]
+            problems.append(f"{key}: non-finite values for {bad[:5]}")
+    by_video = collections.defaultdict(list)
+    for vid, idx in zip(clips["video_id"], clips["clip_index"]):
+        by_video[vid].append(idx)
+    for i, (vid, n) in enumerate(zip(videos["video_id"], videos["num_clips"])):
+        if sorted(by_video.get(vid, [])) != list(range(n)):
+            problems.append(f"{vid}: clips/ holds clip indices {sorted(by_video.get(vid, []))}, expected 0..{n - 1}")
+        lo, hi = int(h5["clip_offset"][i]), int(h5["clip_offset"][i + 1])
+        if hi - lo != n or list(h5["clips/clip_index"][lo:hi]) != list(range(n)):
+            problems.append(f"{vid}: hdf5 clip rows {lo}:{hi} do not hold clips 0..{n - 1}")
+    if len(clips["video_id"]) and not np.array_equal(clips["embedding"], h5["clips/embedding"]):
+        problems.append("clip embeddings: Parquet and HDF5 numbers differ")
+    return problems
