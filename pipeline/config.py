@@ -52,10 +52,13 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class DecodeConfig:
     backend: str = "pyav"              # pyav | decord
-    mode: str = "fast"                 # fast (reference frames only, snapped ≤ max_snap frames) | exact
+    mode: str = "exact"                # exact (every planned frame; the default: as fast as "fast" on
+                                       # x264's default b-pyramid streams, see BENCHMARKS.md) | fast
+                                       # (reference frames only, each sample snapped ≤ max_snap frames)
     max_snap: int = 2                  # fast mode: furthest a sample may move to a decodable frame (frames)
-    timeout_s: float = 600.0           # watchdog: a video whose decode makes no progress this long fails
-    threads: int = 1                   # decoder threads per worker
+    timeout_s: float = 600.0           # watchdog: a decode with no progress this long fails the video;
+                                       # <= 0 decodes in-process, without the watchdog
+    threads: int = 1                   # decoder threads per worker; 0 = FFmpeg picks
 
 
 @dataclass(frozen=True)

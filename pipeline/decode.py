@@ -255,6 +255,22 @@ def _check_is_video(container, video: str) -> None:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         raise DecodeError(video, "not_a_video", f"has no video stream (found: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise DecodeError(video, "unsupported_codec",
+                          f"no decoder for its video codec (codec tag {_codec_tag(stream)!r})")
+
+
+def _codec_tag(stream) -> str:
+    """The stream's codec tag / name as the container states it, for error messages."""
+    for attr in ("codec_tag", "name"):
+        try:
+            value = getattr(stream, attr, None) or getattr(stream.codec, attr, None)
+        except Exception:                                          # noqa: BLE001 - best effort
+            value = None
+        if value:
+            return str(value)
+    return "unknown"
 
 
 def _probe_local(path: str, video: str) -> VideoInfo:

@@ -20,7 +20,8 @@ class ConfigError(VidfeatError):
 class DecodeError(VidfeatError):
     """A video that cannot be decoded. `kind` is one of KINDS; `video` names the video (id or uri)."""
 
-    KINDS = ("not_found", "permission_denied", "not_a_video", "no_frames", "corrupt", "timeout", "io")
+    KINDS = ("not_found", "permission_denied", "not_a_video", "unsupported_codec", "no_frames", "corrupt",
+             "timeout", "io")
 
     def __init__(self, video: str, kind: str, reason: str):
         self.video, self.kind, self.reason = video, kind, reason

@@ -1,37 +1,458 @@
 """Readers for downstream code: the committed features of an output directory (local or fsspec URL).
 
 Only parts with a ledger record are read, so a reader never sees a half-written or uncommitted part.
+Parquet and HDF5 parts hold the same numbers (`source="parquet" | "hdf5"`), and both readers list
+videos in commit order: parts sorted by name, rows in the order they were written.
+
+Local files are memory-mapped where the format allows: Parquet through `pa.memory_map` (compressed pages
+are still decoded into memory), HDF5 contiguous datasets as copy-on-write `np.memmap` views (nothing is
+read until used; writing to them never touches the file). Remote HDF5 parts are read whole.
+
+    videos = load_videos(OUT)                          # ids, uris, embedding float32 [N, D]
+    clips = load_clips(OUT, source="hdf5")             # ids, offset [N+1], embedding float32 [M, D]
+    ds = TaskDataset(OUT, "labels.csv")                # torch Dataset: clip sequences + class index
+    loader = DataLoader(ds, batch_size=32, collate_fn=collate)
 """
 from __future__ import annotations
 
+import csv
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator, Sequence
+
+import h5py
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
+from pipeline.errors import ConfigError
 from pipeline.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("parquet", "hdf5")
+VIDEO_FIELDS = ("embedding", "logits", "probs")
+CLIP_FIELDS = ("embedding", "logits")
+
+
+# ====================================================================== files and Arrow tables
+
+def part_urls(out: str, kind: str = "videos") -> list[str]:
+    """Paths (local) or URLs (remote) of the committed files of `kind` — videos | clips | hdf5 | failures —
+    in commit order: what to hand to pandas, duckdb or h5py instead of a glob, which would also match
+    uncommitted files."""
+    ledger = Ledger(out)
+    paths = ledger.committed_files(kind)
+    return paths if _is_local(ledger.fs) else [ledger.fs.unstrip_protocol(p) for p in paths]
+
+
+def iter_tables(out: str, kind: str = "videos", columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The committed Parquet parts of `kind` (videos | clips | failures), one Arrow table each, in
+    commit order: memory holds one part at a time."""
+    ledger = Ledger(out)
+    local = _is_local(ledger.fs)
+    for path in ledger.committed_files(kind):
+        if local:
+            yield pq.read_table(path, columns=columns, memory_map=True)
+        else:
+            with ledger.fs.open(path, "rb") as fh:
+                yield pq.read_table(fh, columns=columns)
 
 
 def read_table(out: str, kind: str = "videos", columns: list[str] | None = None) -> pa.Table:
     """All committed rows of `kind` (videos | clips | failures) as one Arrow table."""
-    ledger = Ledger(out)
-    tables = []
-    for path in ledger.committed_files(kind):
-        with ledger.fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh, columns=columns))
+    tables = list(iter_tables(out, kind, columns))
     if not tables:
         return pa.table({c: [] for c in (columns or ["video_id"])})
     return pa.concat_tables(tables)
 
 
-def video_embeddings(out: str) -> tuple[list[str], np.ndarray]:
+def video_embeddings(out: str, source: str = "parquet") -> tuple[list[str], np.ndarray]:
     """(video ids, float32 [N, D] embeddings) of every committed video, in commit order."""
-    table = read_table(out, "videos", ["video_id", "embedding"])
-    return table.column("video_id").to_pylist(), _matrix(table.column("embedding"))
+    videos = load_videos(out, source=source)
+    return videos.ids, videos.embedding
+
+
+# ====================================================================== video and clip features
+
+@dataclass
+class VideoFeatures:
+    """Video-level features of N committed videos, in commit order.
+
+    ids, uris: N strings; num_clips int32 [N]; embedding float32 [N, D]; logits and probs float32 [N, C]
+    (mean of the clips' logits / softmax probabilities). A field not asked for is None.
+    """
+
+    ids: list[str]
+    uris: list[str]
+    num_clips: np.ndarray
+    embedding: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    probs: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def row(self) -> dict[str, int]:
+        """video_id → row."""
+        return {vid: i for i, vid in enumerate(self.ids)}
+
+    def tensor(self, field: str = "embedding") -> torch.Tensor:
+        """A field as a torch tensor sharing memory with the array (no copy)."""
+        return torch.from_numpy(_field(self, field))
+
+
+@dataclass
+class ClipFeatures:
+    """Clip-level features of N committed videos with M clips in all, grouped by video in commit order:
+    the clips of video i are rows `offset[i]:offset[i + 1]`, in clip order.
+
+    ids: N strings; offset int64 [N+1]; clip_index, valid_frames int32 [M]; start_s, end_s float64 [M]
+    (seconds); embedding float32 [M, D]; logits float32 [M, C]. A field not asked for is None.
+    """
+
+    ids: list[str]
+    offset: np.ndarray
+    clip_index: np.ndarray
+    start_s: np.ndarray
+    end_s: np.ndarray
+    valid_frames: np.ndarray
+    embedding: np.ndarray | None = None
+    logits: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def row(self) -> dict[str, int]:
+        """video_id → video row (an index into `offset`)."""
+        return {vid: i for i, vid in enumerate(self.ids)}
+
+    def of(self, video_id: str, field: str = "embedding") -> np.ndarray:
+        """The clips of one video: `field` rows in clip order, e.g. float32 [L, D] (a view, no copy)."""
+        if video_id not in self.row:
+            raise ConfigError(f"video {video_id!r} is not among the committed videos")
+        i = self.row[video_id]
+        return _field(self, field)[self.offset[i]:self.offset[i + 1]]
+
+    def sequences(self, field: str = "embedding") -> list[torch.Tensor]:
+        """One tensor per video, [L_i, ...] views of `field` in commit order (for `pad_sequence`)."""
+        data = torch.from_numpy(_field(self, field))
+        return list(torch.split(data, np.diff(self.offset).tolist()))
+
+
+def load_videos(out: str, source: str = "parquet", fields: Sequence[str] = ("embedding",)) -> VideoFeatures:
+    """Video-level features of every committed video; `fields` ⊆ VIDEO_FIELDS (ids, uris and num_clips
+    always come). Loading only what is needed matters: logits and probs of 1M videos × 1059 classes are
+    4 GiB each."""
+    fields = _check(source, fields, VIDEO_FIELDS)
+    if source == "parquet":
+        t = read_table(out, "videos", ["video_id", "uri", "num_clips", *fields])
+        return VideoFeatures(_strings(t, "video_id"), _strings(t, "uri"), _ints(t, "num_clips"),
+                             **{f: _matrix(t.column(f)) for f in fields})
+    parts = h5_parts(out)
+    return VideoFeatures([i for p in parts for i in p.ids], [u for p in parts for u in p.uris],
+                         _concat([p.array("num_clips") for p in parts], np.int32, 1),
+                         **{f: _concat([p.array(f) for p in parts]) for f in fields})
+
+
+def load_clips(out: str, source: str = "parquet", fields: Sequence[str] = ("embedding",)) -> ClipFeatures:
+    """Clip-level features of every committed video, grouped by video (see ClipFeatures);
+    `fields` ⊆ CLIP_FIELDS."""
+    fields = _check(source, fields, CLIP_FIELDS)
+    return _parquet_clips(out, fields) if source == "parquet" else _h5_clips(h5_parts(out), fields)
+
+
+def lookup_videos(out: str, video_ids: Sequence[str], fields: Sequence[str] = ("probs",)) -> VideoFeatures:
+    """The video rows of `video_ids`, in that order, reading one Parquet part at a time so that memory
+    holds only the rows asked for. An id that is not committed raises ConfigError naming it."""
+    fields = _check("parquet", fields, VIDEO_FIELDS)
+    wanted = pa.array(list(dict.fromkeys(video_ids)), pa.string())
+    found = [t.filter(pc.is_in(t.column("video_id"), value_set=wanted))
+             for t in iter_tables(out, "videos", ["video_id", "uri", "num_clips", *fields])]
+    found = [t for t in found if t.num_rows]
+    table = pa.concat_tables(found) if found else pa.table({"video_id": pa.array([], pa.string())})
+    position = {vid: i for i, vid in enumerate(table.column("video_id").to_pylist())}
+    missing = [v for v in video_ids if v not in position]
+    if missing:
+        raise ConfigError(f"unknown video id(s) {missing[:10]}: not among the committed videos of {out}")
+    table = table.take(pa.array([position[v] for v in video_ids], pa.int64()))
+    return VideoFeatures(_strings(table, "video_id"), _strings(table, "uri"), _ints(table, "num_clips"),
+                         **{f: _matrix(table.column(f)) for f in fields})
+
+
+def _parquet_clips(out: str, fields: tuple[str, ...]) -> ClipFeatures:
+    videos = read_table(out, "videos", ["video_id"]).column("video_id").combine_chunks()
+    clips = read_table(out, "clips", ["video_id", "clip_index", "start_s", "end_s", "valid_frames", *fields])
+    owner = pc.index_in(clips.column("video_id"), value_set=videos.cast(pa.string()))
+    if owner.null_count:
+        raise ConfigError(f"{out}: {owner.null_count} committed clip row(s) belong to no committed video")
+    owner = owner.to_numpy(zero_copy_only=False).astype(np.int64)
+    clip_index = _ints(clips, "clip_index")
+    order = np.lexsort((clip_index, owner))           # already grouped as written; this makes sure
+    counts = np.bincount(owner, minlength=len(videos))
+    columns = {"clip_index": clip_index, "start_s": _floats(clips, "start_s"), "end_s": _floats(clips, "end_s"),
+               "valid_frames": _ints(clips, "valid_frames"), **{f: _matrix(clips.column(f)) for f in fields}}
+    if not np.array_equal(order, np.arange(len(order))):
+        columns = {k: v[order] for k, v in columns.items()}
+    return ClipFeatures(videos.to_pylist(), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), **columns)
+
+
+def _h5_clips(parts: list["H5Part"], fields: tuple[str, ...]) -> ClipFeatures:
+    starts = np.cumsum([0] + [p.offset[-1] for p in parts])
+    offset = np.concatenate([[0]] + [p.offset[1:] + s for p, s in zip(parts, starts)]).astype(np.int64)
+    scalars = {"clip_index": np.int32, "start_s": np.float64, "end_s": np.float64, "valid_frames": np.int32}
+    return ClipFeatures([i for p in parts for i in p.ids], offset,
+                        **{k: _concat([p.array(f"clips/{k}") for p in parts], dt, 1) for k, dt in scalars.items()},
+                        **{f: _concat([p.array(f"clips/{f}") for p in parts]) for f in fields})
+
+
+# ====================================================================== HDF5 parts
+
+class H5Part:
+    """One committed HDF5 part. The id index is read at once; `array(name)` opens a dataset on first use:
+    an np.memmap (copy-on-write) for a local contiguous dataset, else read whole. Pickles without its open
+    arrays, so a DataLoader worker re-opens its own maps."""
+
+    def __init__(self, fs, path: str, local: bool):
+        self.fs, self.path, self.local = fs, path, local
+        self._arrays: dict[str, np.ndarray] = {}
+        with self._open() as f:
+            self.ids = f["video_id"].asstr()[()].tolist()
+            self.uris = f["uri"].asstr()[()].tolist()
+            self.offset = f["clip_offset"][()].astype(np.int64)
+
+    def array(self, name: str) -> np.ndarray:
+        """Dataset `name` of the part (e.g. "embedding", "clips/embedding"), shape and dtype as stored."""
+        if name not in self._arrays:
+            with self._open() as f:
+                self._arrays[name] = self._map(f[name]) if self.local else f[name][()]
+        return self._arrays[name]
+
+    def _map(self, ds: h5py.Dataset) -> np.ndarray:
+        offset = ds.id.get_offset()
+        if offset is None or ds.chunks is not None or ds.compression is not None or ds.dtype.kind not in "fiu":
+            return ds[()]
+        return np.memmap(self.path, dtype=ds.dtype, mode="c", offset=offset, shape=ds.shape)
+
+    def _open(self) -> h5py.File:
+        return h5py.File(self.path if self.local else self.fs.open(self.path, "rb"), "r")
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": {}}
+
+
+def h5_parts(out: str) -> list[H5Part]:
+    """The committed HDF5 parts of `out`, in commit order."""
+    ledger = Ledger(out)
+    local = _is_local(ledger.fs)
+    return [H5Part(ledger.fs, path, local) for path in ledger.committed_files("hdf5")]
+
+
+# ====================================================================== task-recognition training
+
+@dataclass(frozen=True)
+class Labels:
+    """A labels file read: `label_of` video_id → label (as written); `classes[i]` is the label of class
+    index i. Classes are sorted, numerically when every label is an integer, else as strings, so the
+    same file always gives the same mapping."""
+
+    label_of: dict[str, str]
+    classes: list[str]
+
+    @cached_property
+    def class_index(self) -> dict[str, int]:
+        """label → class index."""
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def select(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64, class indices int64) of the `ids` that have a label, in the order of `ids`."""
+        rows = [i for i, vid in enumerate(ids) if vid in self.label_of]
+        return (np.array(rows, np.int64),
+                np.array([self.class_index[self.label_of[ids[i]]] for i in rows], np.int64))
+
+
+def read_labels(path: str, classes: Sequence[str] | None = None) -> Labels:
+    """csv `video_id,label` (header required; local path or fsspec URL) → Labels. `classes` fixes the
+    mapping (e.g. the training set's, for a test file); a label outside it is an error."""
+    import fsspec
+
+    with fsspec.open(path, "r", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"video_id", "label"} <= set(reader.fieldnames):
+            raise ConfigError(f"{path}: a labels file needs the header 'video_id,label', got {reader.fieldnames}")
+        label_of = _unique_labels(path, ((r["video_id"].strip(), r["label"].strip()) for r in reader))
+    found = sorted(set(label_of.values()), key=_class_order(label_of.values()))
+    if classes is None:
+        return Labels(label_of, found)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ConfigError(f"{path}: labels {unknown[:10]} are not among the given classes")
+    return Labels(label_of, list(classes))
+
+
+def _unique_labels(path: str, pairs) -> dict[str, str]:
+    label_of: dict[str, str] = {}
+    for vid, label in pairs:
+        if label_of.setdefault(vid, label) != label:
+            raise ConfigError(f"{path}: video {vid!r} has two labels, {label_of[vid]!r} and {label!r}")
+    return label_of
+
+
+def _class_order(labels):
+    numeric = all(_is_int(v) for v in labels)
+    return (lambda v: (int(v), v)) if numeric else str
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+class TaskDataset(torch.utils.data.Dataset):
+    """Committed videos that have a label, as task-recognition items:
+
+        {"video_id": str, "clips": float32 [L, D] (clip embeddings in time order),
+         "video": float32 [D] (video embedding), "label": int64 [] (class index)}
+
+    `labels` is a csv path (see read_labels) or a Labels; `classes` / `class_index` expose the mapping.
+    Videos with no label are left out (`unlabelled` counts them); labelled ids that are not committed
+    are ignored (`missing` lists them). source="hdf5" memory-maps local parts and reads an item's rows
+    only when asked; source="parquet" loads every clip embedding at construction.
+    """
+
+    def __init__(self, out: str, labels: str | Labels, source: str = "hdf5", classes: Sequence[str] | None = None):
+        self.labels = labels if isinstance(labels, Labels) else read_labels(labels, classes)
+        _check(source, (), ())
+        self.parts = h5_parts(out) if source == "hdf5" else [_MemoryPart.from_output(out)]
+        committed = {vid for p in self.parts for vid in p.ids}
+        selected = [self.labels.select(p.ids) for p in self.parts]
+        self.items = [(k, int(r)) for k, (rows, _) in enumerate(selected) for r in rows]
+        self._targets = np.concatenate([y for _, y in selected] + [np.zeros(0, np.int64)])
+        self.unlabelled = len(committed) - len(self.items)
+        self.missing = sorted(set(self.labels.label_of) - committed)
+        log.info("%d labelled videos (%d committed without a label, %d labelled but not committed)",
+                 len(self.items), self.unlabelled, len(self.missing))
+
+    @property
+    def classes(self) -> list[str]:
+        return self.labels.classes
+
+    @property
+    def class_index(self) -> dict[str, int]:
+        return self.labels.class_index
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        k, r = self.items[i]
+        part = self.parts[k]
+        vid = part.ids[r]
+        a, b = part.offset[r], part.offset[r + 1]
+        return {"video_id": vid,
+                "clips": torch.tensor(part.array("clips/embedding")[a:b]),
+                "video": torch.tensor(part.array("embedding")[r]),
+                "label": torch.tensor(self._targets[i], dtype=torch.int64)}
+
+    def targets(self) -> np.ndarray:
+        """int64 [len(self)]: the class index of every item, without reading any features."""
+        return self._targets
+
+
+@dataclass
+class _MemoryPart:
+    """The whole output as one in-memory part, with H5Part's interface (ids, offset, array)."""
+
+    ids: list[str]
+    offset: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    @classmethod
+    def from_output(cls, out: str) -> "_MemoryPart":
+        videos, clips = load_videos(out, "parquet"), load_clips(out, "parquet")
+        if videos.ids != clips.ids:
+            raise ConfigError(f"{out}: videos/ and clips/ list different videos")
+        return cls(videos.ids, clips.offset, {"embedding": videos.embedding, "clips/embedding": clips.embedding})
+
+    def array(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+
+def collate(items: list[dict]) -> dict:
+    """TaskDataset items → a batch of B videos, clip sequences zero-padded to the longest (L):
+
+        {"clips": float32 [B, L, D], "mask": bool [B, L] (True on real clips), "lengths": int64 [B],
+         "video": float32 [B, D], "label": int64 [B], "video_id": list of B str}
+    """
+    lengths = torch.tensor([len(item["clips"]) for item in items], dtype=torch.int64)
+    clips = torch.nn.utils.rnn.pad_sequence([item["clips"] for item in items], batch_first=True)
+    return {"clips": clips, "mask": torch.arange(clips.shape[1])[None, :] < lengths[:, None],
+            "lengths": lengths, "video": torch.stack([item["video"] for item in items]),
+            "label": torch.stack([item["label"] for item in items]),
+            "video_id": [item["video_id"] for item in items]}
+
+
+# ====================================================================== helpers
+
+def _check(source: str, fields: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}; use one of {SOURCES}")
+    unknown = [f for f in fields if f not in known]
+    if unknown:
+        raise ConfigError(f"unknown field(s) {unknown}; known: {list(known)}")
+    return tuple(fields)
+
+
+def _field(features, name: str) -> np.ndarray:
+    value = getattr(features, name, None)
+    if not isinstance(value, np.ndarray):
+        raise ConfigError(f"field {name!r} was not loaded: ask for it with fields=(..., {name!r})")
+    return value
+
+
+def _is_local(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols
+
+
+def _strings(table: pa.Table, name: str) -> list[str]:
+    return table.column(name).to_pylist()
+
+
+def _ints(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy().astype(np.int32, copy=False) if table.num_rows else np.zeros(0, np.int32)
+
+
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy().astype(np.float64, copy=False) if table.num_rows else np.zeros(0)
+
+
+def _concat(arrays: list[np.ndarray], dtype=np.float32, ndim: int = 2) -> np.ndarray:
+    """Parts' arrays → one array; a single part comes back as is (a memory map stays a memory map)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    if not arrays:
+        return np.zeros((0,) * ndim, dtype)
+    return np.concatenate(arrays)
 
 
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:
-    """A fixed-size-list float32 column → [N, D] numpy without per-row Python objects."""
+    """A fixed-size-list float32 column → a writable float32 [N, D] array, copied once, chunk by chunk,
+    without per-row Python objects."""
     if len(column) == 0:
         return np.zeros((0, 0), np.float32)
-    arr = column.combine_chunks()
-    return arr.values.to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)
+    width = column.type.list_size
+    matrix = np.empty((len(column), width), np.float32)
+    row = 0
+    for chunk in column.chunks:
+        matrix[row:row + len(chunk)] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), width)
+        row += len(chunk)
+    return matrix

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
+from pipeline.faults import failpoint
 from pipeline.model import load_timesformer
 from pipeline.transforms import to_model_input
 
@@ -60,6 +61,7 @@ class ClipEmbedder:
         log.info("inference actor ready on %s (%s)", self.device_label, self.dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        failpoint("actor.batch")
         start = time.perf_counter()
         n = len(batch["video_id"])
         ok = [i for i in range(n) if not batch["error"][i]]

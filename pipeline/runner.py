@@ -27,6 +27,7 @@ from pipeline.aggregate import aggregate_video
 from pipeline.config import Config
 from pipeline.corpus import VideoRecord, read_corpus
 from pipeline.errors import ConfigError, DecodeError, VidfeatError
+from pipeline.faults import failpoint
 from pipeline.ledger import Ledger
 from pipeline.model import checkpoint_sha256, get_preset
 from pipeline.sinks import publish_bytes, publish_file
@@ -104,6 +105,7 @@ def _stream(todo: list[VideoRecord], config: Config, writer: "PartWriter", summa
         bars = Progress(len(todo), enabled=progress)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                failpoint("driver.result")
                 for row in _rows(batch):
                     summary.decode_s += float(row.get("decode_s", 0.0))
                     summary.infer_s += float(row.get("infer_s", 0.0))
@@ -302,7 +304,9 @@ class PartWriter:
         start = time.perf_counter()
         part = f"part-{self.provenance['run_id']}-{self.seq:05d}"
         write_part(self.ledger, part, self.videos, self.clips, self.failures, self.provenance)
+        failpoint("commit.data")
         self.ledger.record(part, [v["video_id"] for v in self.videos], self.failures)
+        failpoint("commit.ledger")
         self.summary.commit_s += time.perf_counter() - start
         log.info("committed %s: %d videos, %d failures", part, len(self.videos), len(self.failures))
         self.videos, self.clips, self.failures = [], {}, []

@@ -171,6 +171,41 @@ def write_image(path: str, width: int = 64, height: int = 48) -> str:
     return path
 
 
+def write_corrupt_middle(src: str, path: str, start: float = 0.45, length: float = 0.1, seed: int = 0) -> str:
+    """`src` with random bytes over `length` of its payload from `start` (fractions of the file size):
+    the container is intact, some frames in the middle are damaged."""
+    data = bytearray(open(src, "rb").read())
+    lo, n = int(len(data) * start), max(1, int(len(data) * length))
+    data[lo:lo + n] = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def write_unsupported_codec(src: str, path: str) -> str:
+    """An mp4 from `src` whose video sample entry claims a codec no decoder knows ('avc1' → 'zzz9')."""
+    data = bytearray(open(src, "rb").read())
+    entry = data.find(b"avc1", max(data.find(b"stsd"), 0))
+    if data.find(b"stsd") < 0 or entry < 0:
+        raise ValueError(f"{src} has no avc1 sample entry to rename")
+    data[entry:entry + 4] = b"zzz9"
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def write_huge_duration_claim(src: str, path: str) -> str:
+    """An mp4 from `src` whose movie and media headers claim a duration of ~2^32 ticks (a broken header
+    promising hundreds of hours), while the samples are those of `src`."""
+    data = bytearray(open(src, "rb").read())
+    for box in (b"mvhd", b"mdhd"):
+        at = data.find(box)
+        while at != -1:
+            if data[at + 4] == 0:                                 # version 0: 32-bit fields
+                data[at + 4 + 16:at + 4 + 20] = (0xFFFFFFF0).to_bytes(4, "big")
+            at = data.find(box, at + 4)
+    open(path, "wb").write(bytes(data))
+    return path
+
+
 def write_demo_set(out_dir: str) -> list[str]:
     """A handful of small index videos (CFR, VFR, portrait) for `vidfeat demo`; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)

@@ -12,8 +12,11 @@ import shutil
 import tempfile
 import uuid
 
+from fsspec.callbacks import Callback
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.faults import failpoint
 
 
 def publish_file(local_path: str, url: str) -> None:
@@ -28,7 +31,7 @@ def publish_file(local_path: str, url: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     else:
-        fs.put_file(local_path, path)
+        fs.put_file(local_path, path, callback=_UploadProgress())
         os.remove(local_path)
 
 
@@ -38,3 +41,12 @@ def publish_bytes(data: bytes, url: str) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     publish_file(tmp, url)
+
+
+class _UploadProgress(Callback):
+    """Upload progress; the `publish.upload` failpoint fires once the first bytes are sent."""
+
+    def call(self, *args, **kwargs):
+        if self.value:
+            failpoint("publish.upload")
+        return None

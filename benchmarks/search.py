@@ -1,0 +1,92 @@
+"""Queries/s of `pipeline.search.VideoIndex` vs a plain numpy baseline, same index, same queries, one run.
+
+    python benchmarks/search.py                         # 1M × 768 float32, 1024 queries, k = 10
+    python benchmarks/search.py --n 200000 --queries 256
+
+Both sides start from the same random float32 embeddings (seeded) with rows normalised once, outside
+the timing. Timed: normalise the queries, score them against every row, take the top k sorted by score.
+numpy: `q @ index.T` then `argpartition` + a sort of the k, in query batches (`--numpy-batch`) so that
+the [batch, N] score matrix and argpartition's int64 indices fit in memory. Ours: `VideoIndex.search`
+(torch matmul over row chunks, `topk` per chunk, then the top k of those). Runs alternate (ours, numpy,
+ours, ...) so that load on a shared machine hits both alike; each side reports its best and median of
+`--repeats`. The two must return the same ids (apart from exact ties); the overlap is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from pipeline.search import VideoIndex
+
+
+def numpy_search(index: np.ndarray, queries: np.ndarray, k: int, batch: int) -> np.ndarray:
+    """Baseline: unit-row index float32 [N, D], queries [Q, D] → int64 [Q, k] rows, best first."""
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    out = []
+    for start in range(0, len(q), batch):
+        scores = q[start:start + batch] @ index.T                               # [b, N]
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        out.append(np.take_along_axis(top, order, axis=1))
+    return np.concatenate(out)
+
+
+def timed(fn, repeats: int) -> list[float]:
+    walls = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - start)
+    return walls
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000, help="videos in the index")
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--queries", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--numpy-batch", type=int, default=256, help="queries per numpy matmul")
+    ap.add_argument("--chunk-rows", type=int, default=65536, help="index rows per torch matmul (ours)")
+    ap.add_argument("--query-batch", type=int, default=1024, help="queries per torch matmul (ours)")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((args.n, args.dim), dtype=np.float32)
+    queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+    start = time.perf_counter()
+    index = VideoIndex([str(i) for i in range(args.n)], embeddings, device="cpu",
+                       chunk_rows=args.chunk_rows, query_batch=args.query_batch)
+    build_s = time.perf_counter() - start
+    baseline = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    del embeddings
+
+    walls = {"ours": [], "numpy": []}
+    results = {}
+    for _ in range(args.repeats):
+        walls["ours"] += timed(lambda: results.__setitem__("ours", index.search(queries, args.k).indices), 1)
+        walls["numpy"] += timed(lambda: results.__setitem__(
+            "numpy", numpy_search(baseline, queries, args.k, args.numpy_batch)), 1)
+    overlap = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(results["ours"], results["numpy"])])
+    qps = {name: args.queries / min(w) for name, w in walls.items()}
+    report = {
+        "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads", "torch": torch.__version__, "numpy": np.__version__,
+        "n": args.n, "dim": args.dim, "queries": args.queries, "k": args.k, "index_build_s": build_s,
+        "walls_s": walls, "queries_per_s_best": qps,
+        "queries_per_s_median": {name: args.queries / statistics.median(w) for name, w in walls.items()},
+        "ratio_ours_over_numpy_best": qps["ours"] / qps["numpy"], "id_overlap": float(overlap),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
