@@ -187,6 +187,8 @@ def lookup_videos(out: str, video_ids: Sequence[str], fields: Sequence[str] = ("
 
 def _parquet_clips(out: str, fields: tuple[str, ...]) -> ClipFeatures:
     videos = read_table(out, "videos", ["video_id"]).column("video_id").combine_chunks()
+    if not len(videos):
+        return _h5_clips([], fields)                      # nothing committed: the empty ClipFeatures
     clips = read_table(out, "clips", ["video_id", "clip_index", "start_s", "end_s", "valid_frames", *fields])
     owner = pc.index_in(clips.column("video_id"), value_set=videos.cast(pa.string()))
     if owner.null_count:

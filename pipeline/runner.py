@@ -366,11 +366,17 @@ def connect_ray(address: str | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
         return True
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")      # single node, on loopback
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     return True
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's VIDFEAT_* and FSSPEC_* variables (failpoints, storage settings such as an S3
+    endpoint), passed on to the cluster's workers: on a cluster they do not inherit the driver's env."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("VIDFEAT_", "FSSPEC_"))}
 
 
 class Progress:

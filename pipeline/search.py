@@ -56,6 +56,7 @@ class VideoIndex:
         self.vectors = _normalised(embeddings, self.device)          # float32 [N, D], unit rows
         self.query_batch, self.chunk_rows = query_batch, chunk_rows
         self.row = {vid: i for i, vid in enumerate(self.ids)}
+        log.info("index of %d videos × %d dims on %s", len(self.ids), self.vectors.shape[1], self.device)
 
     @classmethod
     def from_features(cls, videos: VideoFeatures, **kw) -> "VideoIndex":
@@ -107,9 +108,11 @@ class VideoIndex:
         q = F.normalize(queries.to(self.device), dim=1)
         exclude = exclude.to(self.device)
         batch = torch.arange(len(q), device=self.device)
+        buffer = torch.empty(len(q) * min(self.chunk_rows, len(self)), device=self.device)   # reused per chunk
         best_scores, best_rows = [], []
         for start in range(0, len(self), self.chunk_rows):
-            scores = q @ self.vectors[start:start + self.chunk_rows].T          # [B, chunk]
+            chunk = self.vectors[start:start + self.chunk_rows]
+            scores = torch.mm(q, chunk.T, out=buffer[:len(q) * len(chunk)].view(len(q), len(chunk)))
             inside = (exclude >= start) & (exclude < start + scores.shape[1])
             scores[batch[inside], exclude[inside] - start] = -torch.inf
             s, r = torch.topk(scores, min(k, scores.shape[1]), dim=1)
@@ -137,7 +140,8 @@ def _normalised(embeddings, device: torch.device) -> torch.Tensor:
 # ====================================================================== classes
 
 def read_class_names(path: str) -> dict[int, str]:
-    """csv `class_index,name` (a header row is optional; local path or fsspec URL) → {index: name}."""
+    """csv `class_index,name` (a header row is optional; local path or fsspec URL) → {index: name}.
+    Classes the file does not name stay unnamed (HowTo100M's 1059 classes have no published names)."""
     import fsspec
 
     names = {}
@@ -147,7 +151,7 @@ def read_class_names(path: str) -> dict[int, str]:
                 continue
             if len(row) < 2 or not row[0].strip().isdigit():
                 raise ConfigError(f"{path}, line {n + 1}: expected 'class_index,name', got {row}")
-            names[int(row[0])] = row[1].strip()
+            names[int(row[0])] = ",".join(row[1:]).strip()          # an unquoted comma stays in the name
     return names
 
 
@@ -179,8 +183,9 @@ def add_search_arguments(ap: argparse.ArgumentParser) -> None:
                        help=".npy of float [Q, D] query embeddings, or a text file of video ids, one per line")
     ap.add_argument("--top", type=int, default=10, metavar="K", help="neighbours per query (default 10)")
     ap.add_argument("--classes", metavar="FILE",
-                    help="csv class_index,name: also print each hit's most probable classes, named where the file has a name")
-    ap.add_argument("--top-classes", type=int, default=3, metavar="N", help="classes per hit with --classes (default 3)")
+                    help="csv class_index,name: also print each hit's most probable classes (named where it can)")
+    ap.add_argument("--top-classes", type=int, default=3, metavar="N",
+                    help="classes per hit with --classes (default 3)")
     ap.add_argument("--source", choices=SOURCES, default="parquet", help="read Parquet or HDF5 parts")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
 

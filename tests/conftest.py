@@ -74,10 +74,10 @@ def tiny_config():
     return Config.from_preset("tiny", checkpoint="random").replace(run={"commit_every": 2})
 
 
-def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    """`python -m pipeline ARGS` in a subprocess with a loopback-only Ray environment."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], env=ray_env(), capture_output=True,
-                          text=True, timeout=timeout, **kw)
+def run_cli(*args: str, timeout: float = 300, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in a subprocess with a loopback-only Ray environment (plus `env_extra`)."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], env={**ray_env(), **(env_extra or {})},
+                          capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def wait_for(predicate, timeout: float = 240, interval: float = 0.2) -> bool:

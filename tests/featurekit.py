@@ -1,9 +1,10 @@
 """A committed output directory of real tiny-model features, built without Ray (for the reader tests).
 
-Videos of three visually distinct classes are generated with PyAV (64×48 at 30 fps, 1 to 3 s — so 1 to 3
-clips of the tiny preset — with a per-video random period, phase, brightness and motion), decoded with `decode_clips` in this process, embedded by
-the inference stage's own `ClipEmbedder.embed` with the random-weight `tiny` model, aggregated with
-`aggregate_video`, and committed part by part (`write_part`, then `Ledger.record`) like a run does.
+Videos of three visually distinct classes are generated with PyAV (64×48 at 30 fps, 1 to 3 s, so 1 to 3
+clips of the tiny preset, with a per-video random period, phase, brightness and motion), decoded with
+`decode_clips` in this process, embedded by the inference stage's own `ClipEmbedder.embed` with the
+random-weight `tiny` model, aggregated with `aggregate_video`, and committed part by part (`write_part`,
+then `Ledger.record`) like a run does.
 
 The directory also holds one committed failure and one uncommitted part (files with no ledger record,
 holding the video `GHOST`), so readers can be checked to skip what is not committed.
@@ -80,14 +81,12 @@ def tiny_config() -> Config:
 
 def extract_video(video_id: str, uri: str, config: Config, embedder: ClipEmbedder) -> tuple[dict, list[dict]]:
     """One video → (video row, clip rows), the numbers a pipeline run would commit for it."""
-    clips = []
-    for clip in decode_clips(uri, config, video_id=video_id):
-        frames = np.stack(crop(clip.frames, config.preprocess.size, config.preprocess.crops))[None]
-        emb, logits = embedder.embed(frames)
-        clips.append({"video_id": video_id, "clip_index": clip.index, "start_s": clip.start_s,
-                      "end_s": clip.end_s, "valid_frames": clip.valid_frames,
-                      "frame_indices": [int(i) for i in clip.frame_indices],
-                      "embedding": emb[0], "logits": logits[0]})
+    decoded = list(decode_clips(uri, config, video_id=video_id))
+    frames = np.stack([np.stack(crop(c.frames, config.preprocess.size, config.preprocess.crops)) for c in decoded])
+    emb, logits = embedder.embed(frames)                   # all clips of the video in one batch
+    clips = [{"video_id": video_id, "clip_index": c.index, "start_s": c.start_s, "end_s": c.end_s,
+              "valid_frames": c.valid_frames, "frame_indices": [int(i) for i in c.frame_indices],
+              "embedding": emb[j], "logits": logits[j]} for j, c in enumerate(decoded)]
     return {"video_id": video_id, "uri": uri, **aggregate_video(clips)}, clips
 
 
@@ -101,7 +100,8 @@ def build_output(root: str, per_class: int = 6, videos_per_part: int = 7, seed: 
     label_of = {f"{label}-{i:02d}": label for i in range(per_class) for label in CLASSES}
     events = []
     for vid, label in label_of.items():
-        uri = write_video(os.path.join(root, "videos", f"{vid}.mp4"), class_frames(label, rng, int(rng.integers(FPS, 3 * FPS))))
+        frames = class_frames(label, rng, num_frames=int(rng.integers(FPS, 3 * FPS)))
+        uri = write_video(os.path.join(root, "videos", f"{vid}.mp4"), frames)
         events.append(extract_video(vid, uri, config, embedder))
     out = os.path.join(root, "out")
     ledger, prov = Ledger(out), provenance(config, "sha-test", "fp-test", "kit")
