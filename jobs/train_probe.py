@@ -87,6 +87,7 @@ def train_probe(out: str, labels: str, *, epochs: int = 100, seed: int = 0, test
         raise ConfigError(f"{out}: a probe needs labelled committed videos of two classes or more, "
                           f"found {len(y)} video(s) of {len(np.unique(y))} class(es)")
     train, test = split(y, test_fraction, seed)
+    log.info("%d labelled videos of %d classes: %d to train, %d to test", len(y), len(classes), len(train), len(test))
     x_train, x_test = standardise(x[train], x[test])
     y_train, y_test = torch.from_numpy(y[train]), torch.from_numpy(y[test])
     model, loss = fit(x_train, y_train, len(classes), epochs=epochs, seed=seed, lr=lr,

@@ -1,4 +1,4 @@
-"""vidfeat command line: extract | status | verify | inspect | demo (contract: DESIGN.md §4).
+"""vidfeat command line: extract | status | verify | inspect | search | demo (contract: DESIGN.md §4).
 
 Exit codes: 0 success; 1 the command finished but found failures (failed videos, a failed verify);
 2 bad usage, configuration, input or output directory; 3 the run was stopped (more failures than
@@ -156,6 +156,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from pipeline import search
+
+    return search.cmd_search(args)
+
+
+def add_search_arguments(ap: argparse.ArgumentParser) -> None:
+    from pipeline import search
+
+    search.add_search_arguments(ap)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vidfeat", description="Long-video TimeSformer features on Ray.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -178,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--dump-frames", metavar="DIR")
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("search", help="nearest committed videos (cosine) of a video or of query embeddings")
+    add_search_arguments(p)
+    p.set_defaults(func=cmd_search)
     p = sub.add_parser("demo", help="run the pipeline on sample videos it generates (random tiny model)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--no-progress", action="store_true")

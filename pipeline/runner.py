@@ -360,15 +360,17 @@ def _check_failure_rate(summary: RunSummary, max_rate: float, todo: int) -> None
 def connect_ray(address: str | None) -> bool:
     """Join the cluster at `address` / RAY_ADDRESS, else start an embedded local Ray bound to 127.0.0.1.
     Returns True when this call started or joined Ray (and so must shut down / disconnect)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address.split("://")[-1].rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+        # single node on loopback; Ray reads this when it is first imported
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
         return True
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")      # single node, on loopback
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     return True
 

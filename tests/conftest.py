@@ -20,6 +20,7 @@ from pipeline.config import Config
 from pipeline.samples import write_index_video, write_random_bytes
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+os.environ.update(LOOPBACK_ENV)        # before anything imports ray: it reads these at import time
 
 
 def free_port() -> int:
@@ -45,7 +46,6 @@ def ray_head(tmp_path_factory):
            "--num-gpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
            f"--temp-dir={temp}", "--disable-usage-stats"]
     subprocess.run(cmd, check=True, env=ray_env(), capture_output=True, timeout=180)
-    os.environ.update(LOOPBACK_ENV)
     try:
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     finally:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from featurekit import GHOST, shared_output
 from pipeline.errors import ConfigError
@@ -36,7 +37,13 @@ def random_index():
                                 query_batch=3, chunk_rows=7)      # chunk and batch edges everywhere
 
 
-def test_search_equals_brute_force_across_chunks(random_index):
+@pytest.fixture(params=["index @ queriesT", "queries @ indexT"])
+def orientation(request, monkeypatch):
+    """Both ways the scores are multiplied (pipeline.search._cosines picks one by batch size)."""
+    monkeypatch.setattr("pipeline.search.SKINNY", 1024 if request.param.startswith("index") else 0)
+
+
+def test_search_equals_brute_force_across_chunks(random_index, orientation):
     ids, emb, index = random_index
     queries = np.random.default_rng(2).standard_normal((10, 16)).astype(np.float32)
     hits = index.search(queries, k=5)
@@ -47,9 +54,11 @@ def test_search_equals_brute_force_across_chunks(random_index):
     assert hits.scores.dtype == np.float32 and hits.indices.dtype == np.int64
     single = index.search(queries[0], k=5)                                     # one query as [D]
     np.testing.assert_array_equal(single.indices, rows[:1])
+    as_torch = index.search(torch.from_numpy(queries).double(), k=5)            # torch, any float dtype
+    np.testing.assert_array_equal(as_torch.indices, rows)
 
 
-def test_search_ids_leaves_out_the_query_itself(random_index):
+def test_search_ids_leaves_out_the_query_itself(random_index, orientation):
     ids, emb, index = random_index
     hits = index.search_ids(ids[:12], k=4)
     rows, _ = brute_force(emb, emb[:12], 5)
