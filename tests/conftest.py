@@ -8,6 +8,7 @@ the CPU.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,10 @@ import pytest
 from pipeline.config import Config
 from pipeline.samples import write_index_video, write_random_bytes
 
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+# Token authentication (Ray's default) with a token made for this test session: `ray start`, drivers
+# and `ray job submit` all read RAY_AUTH_TOKEN, so a fresh machine needs no ~/.ray/auth_token.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 os.environ.update(LOOPBACK_ENV)        # before anything imports ray: it reads these at import time
 
 
