@@ -10,7 +10,10 @@ import collections
 
 import numpy as np
 
+from pipeline.features import _matrix
 from pipeline.ledger import Ledger
+
+_FLOAT_LISTS = ("embedding", "logits", "probs")        # fixed-size float32 lists → [N, D] arrays
 
 
 def verify(out: str) -> dict:
@@ -51,24 +54,17 @@ def _read_part(ledger: Ledger, files: dict) -> tuple[dict, dict, dict]:
     import h5py
     import pyarrow.parquet as pq
 
-    def table(path):
+    def table(path, columns):
         with ledger.fs.open(path, "rb") as fh:
-            t = pq.read_table(fh)
-        return {c: _column(t, c) for c in t.column_names}
+            t = pq.read_table(fh, columns=columns)
+        return {c: _matrix(t.column(c)) if c in _FLOAT_LISTS else t.column(c).to_pylist() for c in columns}
 
     with ledger.fs.open(files["hdf5"], "rb") as fh, h5py.File(fh, "r") as f:
         h5 = {k: f[k][()] for k in ("video_id", "num_clips", "clip_offset", "embedding", "logits", "probs")}
         h5.update({f"clips/{k}": f[f"clips/{k}"][()] for k in ("clip_index", "embedding", "logits")})
     h5["video_id"] = [v.decode() if isinstance(v, bytes) else str(v) for v in h5["video_id"]]
-    return table(files["videos"]), table(files["clips"]), h5
-
-
-def _column(table, name: str):
-    col = table.column(name)
-    values = col.to_pylist()
-    if values and isinstance(values[0], list):
-        return np.array(values, dtype=np.float32 if name in ("embedding", "logits", "probs") else None)
-    return values
+    videos = table(files["videos"], ["video_id", "num_clips", "embedding", "logits", "probs"])
+    return videos, table(files["clips"], ["video_id", "clip_index", "embedding"]), h5
 
 
 def _check_part(videos: dict, clips: dict, h5: dict) -> list[str]:
