@@ -5,6 +5,7 @@
 Generates 640×360 H.264 test videos with B-frames (x264 defaults: 3 B-frames, b-pyramid, keyint 250) with
 the ffmpeg CLI, then reports for the default sampling (one frame every 32/30 s, short side to 224):
   * sampled frames per wall second and video seconds per CPU second (one decoder thread everywhere),
+    best of `--rounds` interleaved rounds (every case once per round),
   * for our default, exact and fast modes, in-process and through the watchdog worker,
   * for decord `get_batch` on the same indices (decord resizing in its decoder to the same size),
   * for `ffmpeg -skip_frame bidir|noref -f null -` and a full `ffmpeg -f null -` decode as limits,
@@ -72,14 +73,17 @@ def worker_pids() -> list[int]:
     return [w.proc.pid for w in decode._POOL.idle if w.alive()]
 
 
-def measure(label: str, fn, video_s: float, samples: int, pids=lambda: [], repeats: int = 3) -> dict:
-    """Best of `repeats` runs (wall time; its CPU time alongside): shared machines are noisy."""
-    runs = []
-    for _ in range(repeats):
-        before_pids = pids()
-        cpu0, t0 = cpu_seconds(before_pids), time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - t0, cpu_seconds(before_pids) - cpu0))
+def timed(fn, pids) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call of `fn`; CPU includes the live processes `pids()` (the worker)."""
+    before_pids = pids()
+    cpu0, t0 = cpu_seconds(before_pids), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, cpu_seconds(before_pids) - cpu0
+
+
+def summarise(label: str, runs: list[tuple[float, float]], video_s: float, samples: int) -> dict:
+    """Best run by wall time (its CPU time alongside): shared machines are noisy, and the best of several
+    interleaved rounds is the least disturbed one."""
     wall, cpu = min(runs)
     row = {"what": label, "wall_s": wall, "cpu_s": cpu, "sampled_fps": samples / wall,
            "video_s_per_cpu_s": video_s / cpu, "walls": [r[0] for r in runs]}
@@ -113,7 +117,7 @@ def ffmpeg_null(path: str, skip: str | None) -> None:
     _run(cmd + ["-i", path, "-f", "null", "-"])
 
 
-def throughput(path: str, threads: int = 1) -> list[dict]:
+def throughput(path: str, threads: int = 1, rounds: int = 5) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)            # the in-process runs resize with one thread, like the worker
@@ -125,8 +129,8 @@ def throughput(path: str, threads: int = 1) -> list[dict]:
     print(f"{path}: {info.duration_s:.0f} s, {info.num_frames} frames, {samples} samples")
     cases = [
         (f"ours default ({base.decode.backend}/{base.decode.mode}, worker)", lambda: ours(path, base), worker_pids),
-        ("ours exact (worker)", lambda: ours(path, base.replace(decode={"mode": "exact"})), worker_pids),
-        ("ours fast (worker)", lambda: ours(path, base.replace(decode={"mode": "fast"})), worker_pids),
+        *[(f"ours {mode} (worker)", lambda mode=mode: ours(path, base.replace(decode={"mode": mode})), worker_pids)
+          for mode in ("exact", "fast") if (base.decode.backend, base.decode.mode) != ("pyav", mode)],
         ("ours exact (in-process)", lambda: ours(path, base.replace(decode={**in_proc, "mode": "exact"})), list),
         ("ours fast (in-process)", lambda: ours(path, base.replace(decode={**in_proc, "mode": "fast"})), list),
         ("ours decord backend (worker)", lambda: ours(path, base.replace(decode={"backend": "decord"})),
@@ -136,7 +140,20 @@ def throughput(path: str, threads: int = 1) -> list[dict]:
         ("ffmpeg -skip_frame noref -f null", lambda: ffmpeg_null(path, "noref"), list),
         ("ffmpeg full decode -f null", lambda: ffmpeg_null(path, None), list),
     ]
-    return [measure(label, fn, info.duration_s, samples, pids) for label, fn, pids in cases]
+    runs: list[list[tuple[float, float]]] = [[] for _ in cases]
+    for _ in range(rounds):             # round-robin, so a slow spell of the machine hits every case alike
+        for i, (_, fn, pids) in enumerate(cases):
+            runs[i].append(timed(fn, pids))
+    rows = [summarise(label, r, info.duration_s, samples) for (label, _, _), r in zip(cases, runs)]
+    by = {row["what"]: row for row in rows}
+    default, decord_row = rows[0], by["decord get_batch, decoder resize"]
+    for name, row in (("default", default), ("exact (in-process)", by["ours exact (in-process)"]),
+                      ("fast (in-process)", by["ours fast (in-process)"])):
+        print(f"  {name}: {decord_row['wall_s'] / row['wall_s']:.2f}x decord get_batch (wall), "
+              f"{decord_row['cpu_s'] / row['cpu_s']:.2f}x (CPU); "
+              f"{row['wall_s'] / by['ffmpeg -skip_frame bidir -f null']['wall_s']:.2f}x the time of bidir, "
+              f"{row['wall_s'] / by['ffmpeg -skip_frame noref -f null']['wall_s']:.2f}x the time of noref")
+    return rows
 
 
 _RSS_CODE = """
@@ -171,6 +188,7 @@ def main() -> None:
     ap.add_argument("--skip-long", action="store_true", help="skip the long-video memory measurement")
     ap.add_argument("--bpyramid", default="normal", choices=["normal", "none"], help="x264 b-pyramid")
     ap.add_argument("--skip-throughput", action="store_true", help="only the memory measurement")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of them is reported")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -180,7 +198,7 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d")}
     if not args.skip_throughput:
-        result["throughput"] = throughput(short)
+        result["throughput"] = throughput(short, rounds=args.rounds)
     if not args.skip_long:
         copies = max(1, round(args.hours * 60 / args.minutes))
         long = make_long(short, os.path.join(args.workdir, f"v{args.hours:g}h.mp4"), copies)

@@ -552,11 +552,12 @@ def _decoded_frames(container, stream, ctx, info, wanted_pts, video, progress):
     `wanted_pts`, packets holding those pts are decoded even when non-reference frames are skipped."""
     import av
 
-    counter = 0
+    counter, skipping = 0, True
     for packet in _packets(container, stream, video):
         progress()
-        if wanted_pts and packet is not None:
-            ctx.skip_frame = "DEFAULT" if packet.pts in wanted_pts else "NONREF"
+        if wanted_pts and packet is not None and (packet.pts in wanted_pts) == skipping:
+            skipping = not skipping
+            ctx.skip_frame = "NONREF" if skipping else "DEFAULT"
         try:
             frames = ctx.decode(packet)
         except av.error.FFmpegError as exc:

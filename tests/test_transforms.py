@@ -65,13 +65,28 @@ def test_resize_matches_reference_bilinear(hw, size):
         assert diff.max() <= 0.5 + 1e-3          # rounding to nearest only
 
 
+def _torch_nchw_reference(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The official call: F.interpolate on a contiguous NCHW float tensor, rounded back to uint8."""
+    x = frames.permute(0, 3, 1, 2).contiguous().float()
+    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def test_resize_equals_torch_interpolate_and_keeps_type():
     frames = torch.randint(0, 256, (2, 36, 64, 3), dtype=torch.uint8)
     out = resize_short_side(frames, 24)
-    ref = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(24, 42), mode="bilinear",
-                                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
     assert isinstance(out, torch.Tensor)
-    assert torch.equal(out, ref.permute(0, 2, 3, 1))
+    assert torch.equal(out, _torch_nchw_reference(frames, (24, 42)))
+
+
+@pytest.mark.parametrize("hw", [(360, 640), (480, 854), (1080, 1920), (640, 360), (223, 301), (100, 100)])
+def test_channels_last_resize_is_bit_identical_to_nchw(hw):
+    """The resize runs channels-last (faster); it must equal the NCHW computation bit for bit, also for a
+    single numpy frame given as `a[None]` (a stride-0 batch) as the decoder does."""
+    frame = np.random.default_rng(hw[0]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    out = resize_short_side(frame[None], 224)
+    ref = _torch_nchw_reference(torch.from_numpy(frame)[None], resized_shape(*hw, 224)).numpy()
+    assert out.flags.c_contiguous and np.array_equal(out, ref)
 
 
 def test_resize_is_identity_when_short_side_already_fits():
