@@ -70,7 +70,7 @@ def cpu_seconds(pids: list[int] = ()) -> float:
 def worker_pids() -> list[int]:
     from pipeline import decode
 
-    return [w.proc.pid for w in decode._POOL.idle if w.alive()]
+    return decode._POOL.pids()
 
 
 def timed(fn, pids) -> tuple[float, float]:

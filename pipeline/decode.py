@@ -25,27 +25,22 @@ Remote inputs (any fsspec URL) are spooled to a local temporary file first, and 
 from __future__ import annotations
 
 import array
-import atexit
 import contextlib
 import logging
 import math
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from multiprocessing.connection import Connection
 from typing import Callable, Iterator
 
 import numpy as np
 
 from pipeline.clips import ClipSpec, plan_clips
 from pipeline.config import Config, DecodeConfig
+from pipeline import watchdog
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.transforms import resize_short_side
 
@@ -66,6 +61,8 @@ class VideoInfo:
                 then frames are counted in decode order at `fps`).
     duration_s: end of the last frame. width/height: as coded (before `rotation`, degrees
     counter-clockwise to display upright). truncated: demuxing stopped early at damaged data.
+    restarts:   int64, increasing: pts of the clean restart points (see `_restart_points`), where
+                decoding may resume after packets were dropped (None or empty: nowhere).
     """
 
     fps: float
@@ -81,6 +78,7 @@ class VideoInfo:
     pts: np.ndarray | None = field(repr=False)
     time_base: Fraction = Fraction(1, 1)
     truncated: bool = False
+    restarts: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """JSON-friendly summary (without the per-frame arrays)."""
@@ -291,6 +289,8 @@ class _PacketScan:
     def __init__(self, container, stream, video: str):
         self.container, self.stream, self.video = container, stream, video
         self.pts = array.array("q")          # compact: 8 bytes a frame, also for hours of video
+        self.clean_key = array.array("b")     # per packet in pts: an independently decodable keyframe
+        self.nal_length = _nal_length_size(stream)
         self.missing_pts = 0
         self.last_duration = 0
         self.max_pts: int | None = None
@@ -319,6 +319,7 @@ class _PacketScan:
             self.missing_pts += 1
         else:
             self.pts.append(packet.pts)
+            self.clean_key.append(packet.is_keyframe and _independent(packet, self.stream, self.nal_length))
             if self.max_pts is None or packet.pts > self.max_pts:
                 self.max_pts, self.last_duration = packet.pts, packet.duration or 0
         if self.first_frame is None:
@@ -351,8 +352,14 @@ class _PacketScan:
             fps=fps, num_frames=count, duration_s=duration, width=frame.width, height=frame.height,
             codec=stream.codec_context.name, rotation=int(round(frame.rotation or 0)), vfr=vfr,
             format=self.container.format.name, timestamps=timestamps, pts=pts, time_base=tb,
-            truncated=self.truncated,
+            truncated=self.truncated, restarts=self._restarts(pts),
         )
+
+    def _restarts(self, pts: np.ndarray | None) -> np.ndarray | None:
+        if pts is None or self.truncated:
+            return None
+        return _restart_points(np.frombuffer(self.pts, dtype=np.int64),
+                               np.frombuffer(self.clean_key, dtype=np.int8).astype(bool))
 
     def _timeline(self, count: int):
         """(pts or None, timestamps s, duration s, time base): from pts when every packet has a unique
@@ -386,6 +393,77 @@ def _trim_tail_gap(pts: np.ndarray, window: int = 32) -> np.ndarray:
     tail_start = max(1, len(pts) - window)
     gaps = np.nonzero(np.diff(pts[tail_start - 1:]) > 1.5 * step)[0]
     return pts[:tail_start + gaps[0]] if len(gaps) else pts
+
+
+# ====================================================================== where decoding may restart
+
+_RESTART_CODECS = ("h264", "hevc", "vp8", "vp9")   # keyframes checked (IDR) or independent by definition
+
+
+def _restart_points(decode_pts: np.ndarray, clean_key: np.ndarray) -> np.ndarray:
+    """Pts of the packets (decode order in, pts out) at which decoding can start afresh, so that the
+    packets before one may be dropped without changing any frame from it on: an independently decodable
+    keyframe that is also a clean cut in time — every packet before it in decode order is shown before
+    it, and every packet after it is shown after it (no open-GOP leading pictures, which reference
+    frames before the keyframe). The GOPs between restart points are then contiguous ranges of pts."""
+    n = len(decode_pts)
+    if n == 0 or not clean_key.any():
+        return np.zeros(0, dtype=np.int64)
+    before = np.maximum.accumulate(np.concatenate([[np.iinfo(np.int64).min], decode_pts[:-1]]))
+    after = np.minimum.accumulate(np.concatenate([decode_pts[1:], [np.iinfo(np.int64).max]])[::-1])[::-1]
+    ok = clean_key & (decode_pts > before) & (decode_pts < after)
+    return decode_pts[ok]
+
+
+def _nal_length_size(stream) -> int:
+    """Bytes of the NAL length prefix of H.264/HEVC packets in MP4/MKV (avcC/hvcC), 0 for Annex B."""
+    try:
+        extra = bytes(stream.codec_context.extradata or b"")
+    except Exception:                                               # noqa: BLE001 - no extradata
+        extra = b""
+    codec = stream.codec_context.name
+    if codec == "h264" and len(extra) > 4 and extra[0] == 1:
+        return (extra[4] & 3) + 1
+    if codec == "hevc" and len(extra) > 21 and extra[0] == 1:
+        return (extra[21] & 3) + 1
+    return 0
+
+
+def _independent(packet, stream, nal_length: int) -> bool:
+    """Whether a keyframe packet can be decoded with nothing before it: an IDR picture for H.264/HEVC
+    (an open-GOP I-frame, also flagged as a keyframe, is not), any keyframe for VP8/VP9."""
+    codec = stream.codec_context.name
+    if codec not in _RESTART_CODECS:
+        return False
+    if codec in ("vp8", "vp9"):
+        return True
+    idr = {5} if codec == "h264" else {19, 20}
+    for unit in _nal_units(bytes(packet), nal_length):
+        kind = unit[0] & 0x1F if codec == "h264" else (unit[0] >> 1) & 0x3F
+        if (codec == "h264" and 1 <= kind <= 5) or (codec == "hevc" and kind < 32):   # the first slice
+            return kind in idr
+    return False
+
+
+def _nal_units(data: bytes, nal_length: int) -> Iterator[bytes]:
+    """The NAL units of a packet: length-prefixed (`nal_length` bytes) or Annex B start codes (0)."""
+    if nal_length:
+        pos = 0
+        while pos + nal_length <= len(data):
+            size = int.from_bytes(data[pos:pos + nal_length], "big")
+            pos += nal_length
+            if size <= 0:
+                return
+            yield data[pos:pos + size]
+            pos += size
+        return
+    pos = data.find(b"\x00\x00\x01")
+    while pos >= 0:
+        start = pos + 3
+        pos = data.find(b"\x00\x00\x01", start)
+        unit = data[start:pos if pos >= 0 else len(data)].rstrip(b"\x00")
+        if unit:
+            yield unit
 
 
 # ====================================================================== turning frames into clips
@@ -527,15 +605,60 @@ def _pyav_pass(path, info, plan, start, policy, config, video, progress) -> Iter
     max_snap = {"nonref": config.decode.max_snap, "selective": 0, "full": math.inf}[policy]
     asm = _Assembler(plan, start, config, video, info.rotation, max_snap)
     wanted_pts = {int(info.pts[i]) for i in asm.wanted()} if policy == "selective" else set()
+    gops = None if policy == "full" else _GopFilter.of(info, asm.wanted(), 0 if policy == "selective" else max_snap)
     container = _open(path, video)
     try:
         stream = container.streams.video[0]
         ctx = _setup_decoder(stream, config.decode.threads, "DEFAULT" if policy == "full" else "NONREF")
-        for frame_index, frame in _decoded_frames(container, stream, ctx, info, wanted_pts, video, progress):
+        for frame_index, frame in _decoded_frames(container, stream, ctx, info, wanted_pts, gops, video, progress):
             yield from asm.offer(frame_index, frame)
         yield from asm.finish()
     finally:
         container.close()
+        if gops is not None:
+            log.debug("%s: %s pass dropped %d packets outside needed GOP spans", video, policy, gops.dropped)
+
+
+class _GopFilter:
+    """Which packets a pass may leave out entirely: between two clean restart points (see
+    `_restart_points`) every packet after the last one holding a needed frame, and GOPs that hold none.
+    What a dropped packet would have produced is never shown, nor referenced by any needed frame: frames
+    only reference frames decoded before them, and nothing after a restart point references anything
+    before it."""
+
+    def __init__(self, restarts: np.ndarray, needed_pts: np.ndarray):
+        self.restarts = restarts
+        self.needed = set(needed_pts.tolist())
+        gop = np.searchsorted(restarts, needed_pts, side="right")      # 0: before the first restart point
+        self.remaining = np.bincount(gop, minlength=len(restarts) + 1)
+        self.gop = 0
+        self.dropping = False
+        self.dropped = 0
+
+    @classmethod
+    def of(cls, info: VideoInfo, wanted: set[int], snap: float) -> "_GopFilter | None":
+        """The filter for a pass that needs source frames `wanted`, each or one within `snap` of it."""
+        if info.pts is None or info.restarts is None or not len(info.restarts):
+            return None
+        reach = int(snap)
+        idx = np.array(sorted(wanted), dtype=np.int64)
+        if reach:
+            idx = np.unique((idx[:, None] + np.arange(-reach, reach + 1)[None, :]).ravel())
+        idx = idx[(idx >= 0) & (idx < len(info.pts))]
+        return cls(info.restarts, info.pts[idx])
+
+    def keep(self, pts: int) -> bool:
+        i = int(np.searchsorted(self.restarts, pts))
+        if i < len(self.restarts) and self.restarts[i] == pts:           # a restart point: a new GOP
+            self.gop = i + 1
+            self.dropping = self.remaining[self.gop] == 0
+        if self.dropping:
+            self.dropped += 1
+            return False
+        if pts in self.needed:
+            self.remaining[self.gop] -= 1
+            self.dropping = self.gop > 0 and self.remaining[self.gop] == 0
+        return True
 
 
 def _setup_decoder(stream, threads: int, skip: str):
@@ -547,14 +670,17 @@ def _setup_decoder(stream, threads: int, skip: str):
     return ctx
 
 
-def _decoded_frames(container, stream, ctx, info, wanted_pts, video, progress):
+def _decoded_frames(container, stream, ctx, info, wanted_pts, gops, video, progress):
     """(source index, av.VideoFrame) for each frame the decoder outputs, in presentation order. With
-    `wanted_pts`, packets holding those pts are decoded even when non-reference frames are skipped."""
+    `wanted_pts`, packets holding those pts are decoded even when non-reference frames are skipped;
+    with `gops` (a `_GopFilter`), packets it does not keep are not decoded at all."""
     import av
 
     counter, skipping = 0, True
     for packet in _packets(container, stream, video):
         progress()
+        if gops is not None and packet is not None and not gops.keep(packet.pts):
+            continue
         if wanted_pts and packet is not None and (packet.pts in wanted_pts) == skipping:
             skipping = not skipping
             ctx.skip_frame = "NONREF" if skipping else "DEFAULT"
@@ -666,221 +792,37 @@ def _decord_batch(reader, indices: list[int]) -> np.ndarray:
         raise _DecordFailed(f"frames {indices[0]}…{indices[-1]}: {str(exc)[-200:]}") from exc
 
 
-# ====================================================================== watchdog worker process
+# ====================================================================== watchdog worker
 
-_PREFETCH = 2            # clips a worker may decode ahead of the consumer
-_TICK_S = 1.0            # heartbeat period of a busy worker
-_MAX_IDLE_WORKERS = 2
-_STARTUP_TIMEOUT_S = 300.0
-
-
-class _Worker:
-    """A decode worker process and its socket. Started with `python -c`, so it neither forks this
-    (possibly multi-threaded) process nor re-imports its `__main__`."""
-
-    def __init__(self):
-        import socket
-
-        parent, child = socket.socketpair()
-        code = "import sys; from pipeline.decode import _worker_main; _worker_main(int(sys.argv[1]), sys.argv[2])"
-        main = "1" if threading.current_thread() is threading.main_thread() else "0"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(child.fileno()), main], pass_fds=(child.fileno(),),
-            env=_worker_env(), stdin=subprocess.DEVNULL,
-        )
-        child.close()
-        self.conn = Connection(parent.detach())
-        self.jobs = 0
-        self.ready = False
-
-    def wait_ready(self, video: str) -> None:
-        """Wait for the worker's imports (seconds, once per worker; not counted as decode time)."""
-        if not self.ready:
-            msg = _receive(self, _STARTUP_TIMEOUT_S, video, what="starting the decoder process")
-            self.ready = msg[0] == "ready"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.kill()
-        with contextlib.suppress(Exception):
-            self.proc.wait(timeout=10)
-        self.conn.close()
-
-
-def _worker_env() -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
-    return env
-
-
-class _Pool:
-    """Idle workers kept for reuse (starting one costs an interpreter and the av/torch imports)."""
-
-    def __init__(self):
-        self.idle: list[_Worker] = []
-        self.lock = threading.Lock()
-
-    def acquire(self) -> _Worker:
-        with self.lock:
-            while self.idle:
-                worker = self.idle.pop()
-                if worker.alive():
-                    return worker
-                worker.kill()
-        return _Worker()
-
-    def release(self, worker: _Worker, healthy: bool) -> None:
-        with self.lock:
-            if healthy and worker.alive() and len(self.idle) < _MAX_IDLE_WORKERS:
-                self.idle.append(worker)
-                return
-        worker.kill()
-
-    def shutdown(self) -> None:
-        with self.lock:
-            workers, self.idle = self.idle, []
-        for worker in workers:
-            worker.kill()
-
-
-_POOL = _Pool()
-atexit.register(_POOL.shutdown)
-
-
-def _decode_in_worker(path: str, config: Config, video: str) -> Iterator[Clip]:
-    """Stream the clips of `path` from a worker process; kill it when it stalls for `timeout_s`."""
-    worker = _POOL.acquire()
-    worker.jobs += 1
-    job, healthy = worker.jobs, False
-    try:
-        worker.wait_ready(video)
-        worker.conn.send(("decode", job, path, config, video))
-        while True:
-            msg = _receive(worker, config.decode.timeout_s, video)
-            if msg[0] == "clip":
-                worker.conn.send(("next", job))
-                yield msg[1]
-            elif msg[0] == "end":
-                healthy = True
-                return
-            elif msg[0] == "error":
-                healthy = True
-                raise msg[1]
-    finally:
-        if not healthy:
-            healthy = _stop(worker, job)
-        _POOL.release(worker, healthy)
-
-
-def _receive(worker: _Worker, timeout_s: float, video: str, what: str = "decoding"):
-    """The next clip / end / error message, skipping heartbeats; DecodeError on a stall or a crash."""
-    while True:
-        try:
-            ready = worker.conn.poll(timeout_s)
-            msg = worker.conn.recv() if ready else None
-        except (EOFError, OSError):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.proc.wait(timeout=10)
-            raise DecodeError(video, "corrupt", f"the decoder crashed (exit status {worker.proc.returncode})") from None
-        if msg is None:
-            worker.kill()
-            raise DecodeError(video, "timeout", f"{what} made no progress for {timeout_s:g} s; decoder killed")
-        if msg[0] != "tick":
-            return msg
-
-
-def _stop(worker: _Worker, job: int) -> bool:
-    """Ask a busy worker to drop its job (the consumer stopped early); True when it acknowledged."""
-    if not worker.alive():
-        return False
-    try:
-        worker.conn.send(("stop", job))
-        deadline = time.monotonic() + 5.0
-        while worker.conn.poll(max(0.0, deadline - time.monotonic())):
-            msg = worker.conn.recv()
-            if msg[0] in ("stopped", "end", "error"):
-                return True
-    except (EOFError, OSError):
-        pass
-    return False
-
-
-def _worker_main(fd: int, spawned_by_main_thread: str = "0") -> None:
-    """Entry point of a worker process: serve decode jobs until the socket closes."""
-    _die_with_parent(spawned_by_main_thread == "1")
+def _worker_init() -> None:
+    """Run once in each decode worker, before it takes jobs: the imports, one thread for torch."""
     import av
     import torch
 
     torch.set_num_threads(1)
     av.logging.set_level(av.logging.ERROR)
-    conn = Connection(fd)
-    conn.send(("ready",))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] == "decode":       # anything else is a late control message for a finished job
-            _serve(conn, *msg[1:])
 
 
-class _Stopped(Exception):
-    pass
+_POOL = watchdog.Pool("pipeline.decode:_worker_init")
 
 
-def _serve(conn: Connection, job: int, path: str, config: Config, video: str) -> None:
-    credits = [_PREFETCH]
-    last_tick = [time.monotonic()]
-
-    def control(block: bool) -> None:
-        while (block and credits[0] == 0) or conn.poll(0):
-            kind, msg_job = conn.recv()[:2]
-            if msg_job != job:
-                continue
-            if kind == "stop":
-                raise _Stopped
-            credits[0] += 1
-
-    def progress() -> None:
-        if time.monotonic() - last_tick[0] >= _TICK_S:
-            last_tick[0] = time.monotonic()
-            conn.send(("tick",))
-            control(block=False)
-
+def _decode_in_worker(path: str, config: Config, video: str) -> Iterator[Clip]:
+    """Stream the clips of `path` from a worker process; kill it when it stalls for `timeout_s`."""
     try:
-        with contextlib.closing(decode_local(path, config, video, progress)) as clips:
-            for clip in clips:
-                control(block=True)
-                conn.send(("clip", clip))
-                credits[0] -= 1
-        conn.send(("end",))
-    except _Stopped:
-        conn.send(("stopped",))
-    except DecodeError as exc:
-        conn.send(("error", exc))
-    except Exception as exc:  # an unexpected failure still fails only this video
+        yield from _POOL.stream("pipeline.decode:_worker_job", (path, config, video), config.decode.timeout_s,
+                                what="decoding")
+    except watchdog.Stalled as exc:
+        raise DecodeError(video, "timeout", f"{exc}; decoder killed") from None
+    except watchdog.Crashed as exc:
+        raise DecodeError(video, "corrupt", f"the decoder crashed (exit status {exc.returncode})") from None
+
+
+def _worker_job(path: str, config: Config, video: str, progress: Callable[[], None]) -> Iterator[Clip]:
+    """`decode_local` as a worker job: an unexpected failure still fails only this video, with a reason."""
+    try:
+        yield from decode_local(path, config, video, progress)
+    except DecodeError:
+        raise
+    except Exception as exc:
         log.exception("%s: unexpected decoder failure", video)
-        conn.send(("error", DecodeError(video, "corrupt", f"decoder failed: {type(exc).__name__}: {exc}")))
-
-
-def _die_with_parent(spawned_by_main_thread: bool) -> None:
-    """Exit when the parent process dies: PR_SET_PDEATHSIG (Linux; only when the parent's main thread
-    started us, as the signal follows the spawning thread), plus a watcher thread for the rest."""
-    parent = os.getppid()
-    if spawned_by_main_thread and sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-            import signal
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="vidfeat-parent-watch").start()
+        raise DecodeError(video, "corrupt", f"decoder failed: {type(exc).__name__}: {exc}") from None

@@ -71,20 +71,23 @@ def write_index_video(
     timestamps: Sequence[float] | None = None,
     rotation: int = 0,
     faststart: bool = False,
+    codec: str = "libx264",
+    open_gop: bool = False,
 ) -> str:
     """Write a video whose frame i shows `index_frame(i)`; returns `path`.
 
     `timestamps` (seconds, increasing, first 0) gives a variable frame rate; otherwise frame i is at
     i / fps. `lossless` → libx264rgb crf 0 (exact RGB; width/height may be odd); else libx264 yuv420p
     with `bframes` B-frames (even width/height). `rotation` (degrees counter-clockwise) is written as the
-    display matrix; `faststart` moves the mp4 index to the front.
+    display matrix; `faststart` moves the mp4 index to the front. `codec` (lossy only): libx264, libx265
+    or libvpx-vp9, a keyframe every `gop` frames, closed GOPs unless `open_gop` (x264/x265).
     """
     import av
 
     pts = _frame_pts(num_frames, fps, timestamps)
     options = {"movflags": "+faststart"} if faststart and path.endswith((".mp4", ".mov")) else {}
     with av.open(path, "w", options=options) as out:
-        stream = _add_h264_stream(out, fps, width, height, lossless, bframes, gop)
+        stream = _add_stream(out, fps, width, height, lossless, bframes, gop, codec, open_gop)
         if rotation:
             stream.set_display_rotation(rotation)
         for i in range(num_frames):
@@ -106,15 +109,21 @@ def _frame_pts(num_frames: int, fps: float, timestamps: Sequence[float] | None) 
     return pts
 
 
-def _add_h264_stream(out, fps, width, height, lossless, bframes, gop):
+def _add_stream(out, fps, width, height, lossless, bframes, gop, codec, open_gop):
     rate = Fraction(fps).limit_denominator(1001)
     if lossless:
         stream = out.add_stream("libx264rgb", rate=rate, options={"crf": "0", "preset": "ultrafast"})
         stream.pix_fmt = "rgb24"
+    elif codec == "libvpx-vp9":
+        stream = out.add_stream(codec, rate=rate, options={"g": str(gop), "keyint_min": str(gop), "crf": "20",
+                                                           "b": "0", "deadline": "realtime", "cpu-used": "8"})
+        stream.pix_fmt = "yuv420p"
     else:
-        params = f"bframes={bframes}:keyint={gop}:min-keyint={gop}:scenecut=0"
-        stream = out.add_stream("libx264", rate=rate, options={"crf": "20", "preset": "veryfast",
-                                                              "x264-params": params})
+        params = f"bframes={bframes}:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop={int(open_gop)}"
+        key = {"libx264": "x264-params", "libx265": "x265-params"}[codec]
+        if codec == "libx265":
+            params += ":log-level=error"
+        stream = out.add_stream(codec, rate=rate, options={"crf": "20", "preset": "veryfast", key: params})
         stream.pix_fmt = "yuv420p"
     stream.width, stream.height = width, height
     stream.time_base = _TIME_BASE

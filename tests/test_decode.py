@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import decode as decode_module
-from pipeline import samples
+from pipeline import samples, watchdog
 from pipeline.clips import plan_clips
 from pipeline.config import Config
 from pipeline.decode import decode_clips, local_copy, probe_video, upright
@@ -299,7 +299,7 @@ def _worker_processes() -> set[int]:
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if b"pipeline.decode import _worker_main" in fh.read() and int(pid) != os.getpid():
+                    if b"pipeline.watchdog import worker_main" in fh.read() and int(pid) != os.getpid():
                         pids.add(int(pid))
             except OSError:
                 pass
@@ -353,7 +353,7 @@ def test_closing_early_leaves_no_busy_worker(videos):
     gen = decode_clips(videos["fps60"], config)
     next(gen)
     gen.close()
-    assert len(decode_module._POOL.idle) <= decode_module._MAX_IDLE_WORKERS
+    assert len(decode_module._POOL.idle) <= watchdog.MAX_IDLE_WORKERS
     assert len(list(decode_clips(videos["fps60"], config))) == len(_planned(videos["fps60"], TINY)[1])
 
 
@@ -362,3 +362,68 @@ def test_shutdown_ends_all_workers(videos):
     assert _children_of_this_process()
     decode_module._POOL.shutdown()
     assert not _children_of_this_process()
+
+
+# ---------------------------------------------------------------- leaving out what no sample needs
+
+
+@pytest.fixture(scope="session")
+def gop_videos(tmp_path_factory):
+    """Short-GOP videos (a keyframe every 10 frames, B-frames): closed and open GOPs, H.264 in MP4 and
+    in MPEG-TS (Annex B), HEVC, VP9."""
+    d = tmp_path_factory.mktemp("gops")
+    specs = {"closed.mp4": {}, "closed.ts": {}, "open.mp4": {"open_gop": True},
+             "hevc.mkv": {"codec": "libx265"}, "hevc_open.mp4": {"codec": "libx265", "open_gop": True},
+             "vp9.webm": {"codec": "libvpx-vp9"}}
+    return {name: samples.write_index_video(str(d / name), 150, gop=10, bframes=3, **kw)
+            for name, kw in specs.items()}
+
+
+def _frame_numbers(info, pts) -> list[int]:
+    return [int(np.searchsorted(info.pts, p)) for p in pts]
+
+
+def test_restart_points_are_independent_keyframes_that_cut_time_cleanly(gop_videos):
+    for name in ("closed.mp4", "closed.ts", "hevc.mkv", "vp9.webm"):
+        info = probe_video(gop_videos[name])
+        assert _frame_numbers(info, info.restarts) == list(range(0, 150, 10)), name
+    for name in ("open.mp4", "hevc_open.mp4"):            # keyframes, but not IDR: B-frames reach back
+        info = probe_video(gop_videos[name])
+        assert _frame_numbers(info, info.restarts) == [0], name
+
+
+def test_restart_points_need_a_clean_cut_in_time():
+    # closed GOPs in decode order, I0 P3 B1 B2 | K4 P7 B5 B6 | K8 P11 B9 B10: every keyframe is clean
+    closed = np.array([0, 3, 1, 2, 4, 7, 5, 6, 8, 11, 9, 10])
+    assert _restarts(closed, [0, 4, 8]) == [0, 4, 8]
+    # open GOPs, I0 P3 B1 B2 | K6 B4 B5 | K9 B7 B8: frames decoded after a keyframe are shown before it
+    assert _restarts(np.array([0, 3, 1, 2, 6, 4, 5, 9, 7, 8]), [0, 4, 7]) == [0]
+    # a keyframe decoded before a frame shown after it (P4 before K3) is no cut either
+    assert _restarts(np.array([0, 4, 3, 5]), [0, 2]) == [0]
+    assert _restarts(closed, []) == []
+
+
+def _restarts(decode_pts: np.ndarray, keyframes: list[int]) -> list[int]:
+    key = np.zeros(len(decode_pts), bool)
+    key[keyframes] = True
+    return decode_module._restart_points(decode_pts, key).tolist()
+
+
+@pytest.mark.parametrize("name", ["closed.mp4", "closed.ts", "open.mp4", "hevc.mkv", "hevc_open.mp4", "vp9.webm"])
+@pytest.mark.parametrize("stride", [8, 32])
+def test_packets_no_sample_needs_are_dropped_and_frames_stay_exact(gop_videos, name, stride, caplog):
+    """Exact mode leaves out the packets after a GOP's last sample and whole GOPs without one (stride 32
+    skips two GOPs in three), yet every frame equals the frame of a full decode, bit for bit."""
+    path = gop_videos[name]
+    config = IN_PROCESS.replace(sampling={"stride": stride})
+    info, plan = _planned(path, config)
+    with caplog.at_level("DEBUG", logger="pipeline.decode"):
+        clips = list(decode_clips(path, config.replace(decode={"mode": "exact"})))
+    dropped = [int(r.getMessage().split(" dropped ")[1].split()[0]) for r in caplog.records
+               if " dropped " in r.getMessage()]
+    full = list(decode_module._pyav_pass(path, info, plan, 0, "full", config, path, lambda: None))
+    assert [c.frame_indices for c in clips] == [c.frame_indices for c in full] == [p.frame_indices for p in plan]
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(clips, full))
+    assert [_content(c) for c in clips] == [list(p.frame_indices) for p in plan]
+    if "open" not in name:
+        assert dropped and dropped[0] > (60 if stride == 32 else 10)
