@@ -30,13 +30,15 @@ from pipeline.config import Config  # noqa: E402
 from pipeline.decode import decode_clips, probe_video  # noqa: E402
 
 
-def make_video(path: str, seconds: float, bpyramid: str = "normal") -> str:
+def make_video(path: str, seconds: float, bpyramid: str = "normal", keyint: int = 250) -> str:
     """640×360 30 fps H.264 (x264 defaults, crf 23) of moving test pattern plus temporal noise.
-    `bpyramid` "normal" (x264's default: some B-frames are references) or "none"."""
+    `bpyramid` "normal" (x264's default: some B-frames are references) or "none"; `keyint` the longest
+    GOP (x264's default 250; streaming encodes often use 2 s, 60 frames)."""
     if not os.path.exists(path):
         src = f"testsrc2=size=640x360:rate=30:duration={seconds},noise=alls=6:allf=t"
         _run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", src, "-c:v", "libx264", "-preset", "fast",
-              "-crf", "23", "-x264-params", f"b-pyramid={bpyramid}", "-pix_fmt", "yuv420p", path])
+              "-crf", "23", "-x264-params", f"b-pyramid={bpyramid}:keyint={keyint}", "-pix_fmt", "yuv420p",
+              path])
     return path
 
 
@@ -187,14 +189,15 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=3.0)
     ap.add_argument("--skip-long", action="store_true", help="skip the long-video memory measurement")
     ap.add_argument("--bpyramid", default="normal", choices=["normal", "none"], help="x264 b-pyramid")
+    ap.add_argument("--keyint", type=int, default=250, help="x264 keyint (longest GOP, frames)")
     ap.add_argument("--skip-throughput", action="store_true", help="only the memory measurement")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of them is reported")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    suffix = "" if args.bpyramid == "normal" else "_nopyramid"
+    suffix = ("" if args.bpyramid == "normal" else "_nopyramid") + ("" if args.keyint == 250 else f"_g{args.keyint}")
     short = make_video(os.path.join(args.workdir, f"v{args.minutes:g}min{suffix}.mp4"), args.minutes * 60,
-                       args.bpyramid)
+                       args.bpyramid, args.keyint)
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d")}
     if not args.skip_throughput:

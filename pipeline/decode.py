@@ -16,10 +16,15 @@ How it works, for one video:
    what it promises falls back to a stricter one (fast → exact → full decode) from the clip where it
    failed; the full pass substitutes the nearest decodable frame for undecodable ones (truncated or
    corrupt streams) and records it in `frame_indices`.
+   Both modes also leave out whole packets no sample needs: the probe finds the restart points (IDR
+   frames of H.264/HEVC, keyframes of VP8/VP9, each also a clean cut in presentation time), and a pass
+   stops feeding the decoder after the last needed packet of a GOP until the next restart point, so a
+   GOP without a sample is not decoded at all. Frames are unchanged by this (tested bit for bit).
    The decord backend reads the planned indices with `VideoReader.get_batch`, a few frames at a time.
-3. By default all of this runs in a worker process (reused across videos) that streams clips back over
-   a socket; a worker that makes no progress for `timeout_s` is killed (native decoders can hang where
-   no thread can interrupt them) and the video fails with `DecodeError(kind="timeout")`.
+3. By default all of this runs in a worker process (`pipeline.watchdog`, reused across videos) that
+   streams clips back (frames through shared memory); a worker that makes no progress for `timeout_s`
+   is killed (native decoders can hang where no thread can interrupt them) and the video fails with
+   `DecodeError(kind="timeout")`.
 Remote inputs (any fsspec URL) are spooled to a local temporary file first, and always removed.
 """
 from __future__ import annotations
