@@ -648,7 +648,13 @@ class _GopFilter:
         reach = int(snap)
         idx = np.array(sorted(wanted), dtype=np.int64)
         if reach:
-            idx = np.unique((idx[:, None] + np.arange(-reach, reach + 1)[None, :]).ravel())
+            # a sample may use any decoded frame within `reach`, but never one before the restart point
+            # at or before it: that restart frame is always decoded and at least as near
+            near = idx[:, None] + np.arange(-reach, reach + 1)[None, :]
+            starts = np.searchsorted(info.pts, info.restarts)              # restart points as frame numbers
+            k = np.searchsorted(starts, idx, side="right") - 1
+            floor = np.where(k >= 0, starts[np.maximum(k, 0)], 0)
+            idx = np.unique(near[near >= floor[:, None]])
         idx = idx[(idx >= 0) & (idx < len(info.pts))]
         return cls(info.restarts, info.pts[idx])
 

@@ -427,3 +427,23 @@ def test_packets_no_sample_needs_are_dropped_and_frames_stay_exact(gop_videos, n
     assert [_content(c) for c in clips] == [list(p.frame_indices) for p in plan]
     if "open" not in name:
         assert dropped and dropped[0] > (60 if stride == 32 else 10)
+
+
+@pytest.mark.parametrize("name", ["closed.mp4", "open.mp4", "vp9.webm"])
+def test_fast_mode_drops_packets_without_changing_its_choices(gop_videos, name, monkeypatch, caplog):
+    """Fast mode may use any decoded frame within max_snap; leaving out packets must not change which
+    frame it uses (nor its pixels) against the same mode decoding every packet."""
+    path = gop_videos[name]
+    config = IN_PROCESS.replace(sampling={"stride": 32}, decode={"mode": "fast"})
+    info, plan = _planned(path, config)
+    with caplog.at_level("DEBUG", logger="pipeline.decode"):
+        with_dropping = list(decode_clips(path, config))
+    dropped = [int(r.getMessage().split(" dropped ")[1].split()[0]) for r in caplog.records
+               if " nonref pass dropped " in r.getMessage()]
+    assert dropped and (dropped[0] > 40 if name != "open.mp4" else True)
+    monkeypatch.setattr(decode_module._GopFilter, "of", classmethod(lambda cls, *a: None))
+    every_packet = list(decode_clips(path, config))
+    assert [c.frame_indices for c in with_dropping] == [c.frame_indices for c in every_packet]
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(with_dropping, every_packet))
+    assert all(abs(u - p) <= config.decode.max_snap for c, s in zip(with_dropping, plan)
+               for u, p in zip(c.frame_indices, s.frame_indices))
