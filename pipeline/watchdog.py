@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import logging
 import mmap
 import os
 import pickle
@@ -35,6 +36,8 @@ _PREFETCH = 2            # items a worker may produce ahead of the consumer
 _TICK_S = 1.0            # heartbeat period of a busy worker
 MAX_IDLE_WORKERS = 2     # idle workers a pool keeps for reuse
 _STARTUP_TIMEOUT_S = 300.0
+log = logging.getLogger(__name__)
+
 _OOB_MIN_BYTES = 1 << 20  # buffers this large travel in shared memory, not through the socket
 _MEMFD = hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
 _WORKER_CODE = "import sys; from pipeline.watchdog import worker_main; worker_main(*sys.argv[1:])"
@@ -269,7 +272,16 @@ def _send_item(conn: Connection, sock: socket.socket, item: Any) -> None:
         return False
 
     data = pickle.dumps(item, protocol=5, buffer_callback=out_of_band)
-    fds = [_to_memfd(buf.raw()) for buf in large]
+    fds: list[int] = []
+    try:
+        for buf in large:
+            fds.append(_to_memfd(buf.raw()))
+    except OSError as exc:                    # no shared memory here (a sandbox, a full tmpfs): in band
+        for fd in fds:
+            os.close(fd)
+        log.warning("shared memory unavailable (%s); sending %d bytes through the socket", exc,
+                    sum(buf.raw().nbytes for buf in large))
+        data, large, fds = pickle.dumps(item, protocol=5), [], []
     try:
         conn.send(("item", data, [buf.raw().nbytes for buf in large]))
         if fds:

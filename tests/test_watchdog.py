@@ -24,6 +24,15 @@ def frames(count: int, shape: tuple[int, ...], progress):
         yield {"index": i, "frames": big, "small": np.arange(5) * i, "strided": np.arange(20)[::2]}
 
 
+def frames_without_shared_memory(count: int, shape: tuple[int, ...], progress):
+    """`frames`, in a worker where creating shared memory fails."""
+    def refuse(*args):
+        raise OSError(38, "Function not implemented")
+
+    os.memfd_create = refuse
+    yield from frames(count, shape, progress)
+
+
 def fail(kind: str, progress):
     progress()
     if kind == "value":
@@ -76,6 +85,14 @@ def test_items_arrive_whole_and_large_arrays_through_shared_memory(pool):
         arr[1, 1, 1, 0] = 255                        # the caller owns its copy: writable, private to it
         assert arr[1, 1, 1, 0] == 255 and large[1]["frames"][1, 1, 1, 0] == 1
     assert len(pool.idle) == 1                       # one worker, reused for both jobs
+
+
+def test_without_shared_memory_items_travel_through_the_socket(pool):
+    shape = (40, 120, 160, 3)
+    items = list(pool.stream(TARGET.format("frames_without_shared_memory"), (2, shape), timeout_s=60))
+    assert [item["index"] for item in items] == [0, 1]
+    assert items[1]["frames"].shape == shape and items[1]["frames"][1, 1, 1, 0] == 1
+    assert not _backed_by_mmap(items[0]["frames"])
 
 
 def _backed_by_mmap(arr: np.ndarray) -> bool:
