@@ -169,7 +169,7 @@ base = hwm()
 cfg = Config().replace(decode={"timeout_s": float(sys.argv[2])})
 n = sum(1 for _ in decode_clips(sys.argv[1], cfg))
 from pipeline import decode
-print(n, hwm(), max([hwm(w.proc.pid) for w in decode._POOL.idle] + [0]), base)
+print(n, hwm(), max([hwm(pid) for pid in decode._POOL.pids()] + [0]), base)
 """
 
 

@@ -43,9 +43,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from pipeline import watchdog
 from pipeline.clips import ClipSpec, plan_clips
 from pipeline.config import Config, DecodeConfig
-from pipeline import watchdog
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.transforms import resize_short_side
 
@@ -295,7 +295,8 @@ class _PacketScan:
         self.container, self.stream, self.video = container, stream, video
         self.pts = array.array("q")          # compact: 8 bytes a frame, also for hours of video
         self.clean_key = array.array("b")     # per packet in pts: an independently decodable keyframe
-        self.nal_length = _nal_length_size(stream)
+        self.codec = stream.codec_context.name
+        self.nal_length = _nal_length_size(stream.codec_context.extradata, self.codec)
         self.missing_pts = 0
         self.last_duration = 0
         self.max_pts: int | None = None
@@ -324,7 +325,7 @@ class _PacketScan:
             self.missing_pts += 1
         else:
             self.pts.append(packet.pts)
-            self.clean_key.append(packet.is_keyframe and _independent(packet, self.stream, self.nal_length))
+            self.clean_key.append(packet.is_keyframe and _independent(packet, self.codec, self.nal_length))
             if self.max_pts is None or packet.pts > self.max_pts:
                 self.max_pts, self.last_duration = packet.pts, packet.duration or 0
         if self.first_frame is None:
@@ -420,13 +421,9 @@ def _restart_points(decode_pts: np.ndarray, clean_key: np.ndarray) -> np.ndarray
     return decode_pts[ok]
 
 
-def _nal_length_size(stream) -> int:
+def _nal_length_size(extradata: bytes | None, codec: str) -> int:
     """Bytes of the NAL length prefix of H.264/HEVC packets in MP4/MKV (avcC/hvcC), 0 for Annex B."""
-    try:
-        extra = bytes(stream.codec_context.extradata or b"")
-    except Exception:                                               # noqa: BLE001 - no extradata
-        extra = b""
-    codec = stream.codec_context.name
+    extra = bytes(extradata or b"")
     if codec == "h264" and len(extra) > 4 and extra[0] == 1:
         return (extra[4] & 3) + 1
     if codec == "hevc" and len(extra) > 21 and extra[0] == 1:
@@ -434,10 +431,9 @@ def _nal_length_size(stream) -> int:
     return 0
 
 
-def _independent(packet, stream, nal_length: int) -> bool:
+def _independent(packet, codec: str, nal_length: int) -> bool:
     """Whether a keyframe packet can be decoded with nothing before it: an IDR picture for H.264/HEVC
     (an open-GOP I-frame, also flagged as a keyframe, is not), any keyframe for VP8/VP9."""
-    codec = stream.codec_context.name
     if codec not in _RESTART_CODECS:
         return False
     if codec in ("vp8", "vp9"):
@@ -632,7 +628,7 @@ class _GopFilter:
     before it."""
 
     def __init__(self, restarts: np.ndarray, needed_pts: np.ndarray):
-        self.restarts = restarts
+        self.gop_at = {int(p): g for g, p in enumerate(restarts.tolist(), start=1)}   # pts → GOP number
         self.needed = set(needed_pts.tolist())
         gop = np.searchsorted(restarts, needed_pts, side="right")      # 0: before the first restart point
         self.remaining = np.bincount(gop, minlength=len(restarts) + 1)
@@ -659,9 +655,9 @@ class _GopFilter:
         return cls(info.restarts, info.pts[idx])
 
     def keep(self, pts: int) -> bool:
-        i = int(np.searchsorted(self.restarts, pts))
-        if i < len(self.restarts) and self.restarts[i] == pts:           # a restart point: a new GOP
-            self.gop = i + 1
+        gop = self.gop_at.get(pts)
+        if gop is not None:                                                # a restart point: a new GOP
+            self.gop = gop
             self.dropping = self.remaining[self.gop] == 0
         if self.dropping:
             self.dropped += 1

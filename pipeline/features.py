@@ -78,8 +78,22 @@ def video_embeddings(out: str, source: str = "parquet") -> tuple[list[str], np.n
 
 # ====================================================================== video and clip features
 
+class _ByVideo:
+    """Features held per video, `ids[i]` naming video i: its length and the video_id → row map."""
+
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def row(self) -> dict[str, int]:
+        """video_id → video row (for clip features: an index into `offset`)."""
+        return {vid: i for i, vid in enumerate(self.ids)}
+
+
 @dataclass
-class VideoFeatures:
+class VideoFeatures(_ByVideo):
     """Video-level features of N committed videos, in commit order.
 
     ids, uris: N strings; num_clips int32 [N]; embedding float32 [N, D]; logits and probs float32 [N, C]
@@ -93,21 +107,13 @@ class VideoFeatures:
     logits: np.ndarray | None = None
     probs: np.ndarray | None = None
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @cached_property
-    def row(self) -> dict[str, int]:
-        """video_id → row."""
-        return {vid: i for i, vid in enumerate(self.ids)}
-
     def tensor(self, field: str = "embedding") -> torch.Tensor:
         """A field as a torch tensor sharing memory with the array (no copy)."""
         return torch.from_numpy(_field(self, field))
 
 
 @dataclass
-class ClipFeatures:
+class ClipFeatures(_ByVideo):
     """Clip-level features of N committed videos with M clips in all, grouped by video in commit order:
     the clips of video i are rows `offset[i]:offset[i + 1]`, in clip order.
 
@@ -123,14 +129,6 @@ class ClipFeatures:
     valid_frames: np.ndarray
     embedding: np.ndarray | None = None
     logits: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @cached_property
-    def row(self) -> dict[str, int]:
-        """video_id → video row (an index into `offset`)."""
-        return {vid: i for i, vid in enumerate(self.ids)}
 
     def of(self, video_id: str, field: str = "embedding") -> np.ndarray:
         """The clips of one video: `field` rows in clip order, e.g. float32 [L, D] (a view, no copy)."""
