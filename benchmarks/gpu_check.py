@@ -8,11 +8,12 @@ and OUT_DIR/gpu_check.md are rewritten after every section, so a killed run keep
   nvdec         whether the driver's video decode library (libnvcuvid) loads; which GPU decoders import
   precision     bf16 autocast (and our bf16 variants, HF's) vs fp32 at the preset's clip shape: relative
                 error of CLS and logits
-  sdpa          which SDPA backend runs for the temporal and the spatial attention; each backend's time
   throughput    clips/s, TFLOP/s and peak memory of ours (eager, bf16 weights, compiled, CUDA graphs) vs
                 HF transformers holding the same weights, same input, batch 1/2/4/8
   embed         ClipEmbedder.embed fed uint8 host frames as the pipeline feeds it, vs the bare model
   max_batch     the largest batch that fits in GPU memory (ours, the pipeline's default path)
+  sdpa          which SDPA backend runs for the temporal and the spatial attention; each backend's time
+                when forced (last of the model sections: a forced backend that breaks CUDA spoils no other)
   cpu_decode    video-seconds/s of N parallel `decode_clips` processes (N = cores) on generated 640×360 H.264
   nvdec_decode  video-seconds/s of a carried GPU decoder (PyNvVideoCodec, torchcodec) at 1/32 sampling
 Each section gets a share of `--budget-s` and sizes its iterations to it (fewer when a step is slow).
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -79,10 +81,10 @@ SECTIONS: list[tuple[str, Callable[[Context], dict], float]] = [
     ("env", lambda ctx: environment(ctx), 0.03),
     ("nvdec", decode_checks.nvdec_probe, 0.01),
     ("precision", model_checks.precision, 0.08),
-    ("sdpa", model_checks.sdpa, 0.05),
     ("throughput", speed_checks.throughput, 0.38),
     ("embed", speed_checks.embed, 0.10),
     ("max_batch", speed_checks.max_batch, 0.10),
+    ("sdpa", model_checks.sdpa, 0.05),                       # late: a forced backend could break CUDA
     ("cpu_decode", decode_checks.cpu_decode, 0.17),
     ("nvdec_decode", decode_checks.nvdec_decode, 0.08),
 ]
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                   batches=batches, workdir=tempfile.mkdtemp(prefix="gpu_check_"),
                   end=time.perf_counter() + budget_s)
     if device.type != "cuda" and not args.smoke:
-        ctx.log("WARNING: no CUDA device; the model sections will record errors (use --smoke on a CPU)")
+        ctx.log("WARNING: no CUDA device: every section runs on the CPU (hopelessly slow with TimeSformer-L; "
+                "use --smoke or --preset tiny)")
     only = {s for s in args.only.split(",") if s}
     if only - {name for name, _, _ in SECTIONS}:
         ap.error(f"unknown sections {sorted(only - {n for n, _, _ in SECTIONS})}; known: {[n for n, _, _ in SECTIONS]}")
@@ -163,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
               "sections": {}}
     model_checks.configure(ctx)
     chosen = [(name, fn, share) for name, fn, share in SECTIONS if not only or name in only]
-    for i, (name, fn, share) in enumerate(chosen):
-        report["sections"][name] = run_section(name, fn, share / sum(s for _, _, s in chosen[i:]), ctx)
-        write_outputs(args.out, report)
+    try:
+        for i, (name, fn, share) in enumerate(chosen):
+            report["sections"][name] = run_section(name, fn, share / sum(s for _, _, s in chosen[i:]), ctx)
+            write_outputs(args.out, report)
+    finally:
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
     ctx.log(f"done; {os.path.join(args.out, 'gpu_check.md')}")
     print(markdown(report), flush=True)
     return 0

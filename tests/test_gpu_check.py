@@ -11,7 +11,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ["env", "nvdec", "precision", "sdpa", "throughput", "embed", "max_batch", "cpu_decode", "nvdec_decode"]
+SECTIONS = ["env", "nvdec", "precision", "throughput", "embed", "max_batch", "sdpa", "cpu_decode", "nvdec_decode"]
 
 
 def positive(value) -> bool:
@@ -78,7 +78,9 @@ def test_embed_and_decode_numbers_are_present_and_sane(smoke):
 def test_targets_and_markdown(smoke):
     report, md = smoke
     assert len(report["targets"]) == 5
-    assert all(finite(t["measured"]) and t["met"] in (True, False) for t in report["targets"])
+    measured = [t["measured"] for t in report["targets"]]      # an overhead may be below zero: noise
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in measured), report["targets"]
+    assert all(t["met"] in (True, False) for t in report["targets"])
     assert "## Targets" in md
     for name in SECTIONS:
         assert f"## {name} — ok" in md
