@@ -94,7 +94,9 @@ def environment(ctx: Context) -> dict:
     """The machine, the versions that matter, and the measured bf16 matmul and device-copy ceilings."""
     import numpy as np
 
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+    import pipeline
+
+    info = {"pipeline": os.path.dirname(pipeline.__file__), "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "numpy": np.__version__,
             "device": str(ctx.device), "smoke": ctx.smoke, "preset": ctx.preset}
     for name in ("timm", "transformers", "av", "PyNvVideoCodec", "torchcodec"):
