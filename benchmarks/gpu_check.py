@@ -141,33 +141,44 @@ def write_outputs(out: str, report: dict) -> None:
         os.replace(tmp, os.path.join(out, name))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="folder for gpu_check.json and gpu_check.md (created)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny preset, short video: exercises the code")
-    ap.add_argument("--budget-s", type=float, default=None, help="seconds for the whole run (300; smoke 60)")
+    ap.add_argument("--budget-s", type=float, default=None, help="seconds for the whole run (300; smoke 120)")
     ap.add_argument("--only", default="", help="comma-separated section names (default: all)")
     ap.add_argument("--batches", default="", help="batch sizes of the throughput section (default 4,8,2,1)")
     ap.add_argument("--preset", default=None, help=f"model preset (default {TARGET_PRESET}; smoke: tiny)")
     args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    budget_s = args.budget_s or (60.0 if args.smoke else 300.0)
+    known = [name for name, _, _ in SECTIONS]
+    args.only = [name for name in args.only.split(",") if name]
+    if set(args.only) - set(known):
+        ap.error(f"unknown sections {sorted(set(args.only) - set(known))}; known: {known}")
+    args.budget_s = args.budget_s or (120.0 if args.smoke else 300.0)  # smoke: 2 rounds whatever the budget
+    return args
+
+
+def make_context(args: argparse.Namespace) -> Context:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     batches = tuple(int(b) for b in args.batches.split(",") if b) or ((2, 1) if args.smoke else (4, 8, 2, 1))
     ctx = Context(smoke=args.smoke, device=device, preset=args.preset or ("tiny" if args.smoke else TARGET_PRESET),
                   batches=batches, workdir=tempfile.mkdtemp(prefix="gpu_check_"),
-                  end=time.perf_counter() + budget_s)
+                  end=time.perf_counter() + args.budget_s)
     if device.type != "cuda" and not args.smoke:
         ctx.log("WARNING: no CUDA device: every section runs on the CPU (hopelessly slow with TimeSformer-L; "
                 "use --smoke or --preset tiny)")
-    only = {s for s in args.only.split(",") if s}
-    if only - {name for name, _, _ in SECTIONS}:
-        ap.error(f"unknown sections {sorted(only - {n for n, _, _ in SECTIONS})}; known: {[n for n, _, _ in SECTIONS]}")
-    report = {"meta": {"argv": sys.argv if argv is None else argv, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       "smoke": args.smoke, "budget_s": budget_s, "preset": ctx.preset, "batches": list(batches)},
-              "sections": {}}
     model_checks.configure(ctx)
-    chosen = [(name, fn, share) for name, fn, share in SECTIONS if not only or name in only]
+    return ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    ctx = make_context(args)
+    report = {"meta": {"argv": sys.argv if argv is None else argv, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "smoke": args.smoke, "budget_s": args.budget_s, "preset": ctx.preset,
+                       "batches": list(ctx.batches)}, "sections": {}}
+    chosen = [(name, fn, share) for name, fn, share in SECTIONS if not args.only or name in args.only]
     try:
         for i, (name, fn, share) in enumerate(chosen):
             report["sections"][name] = run_section(name, fn, share / sum(s for _, _, s in chosen[i:]), ctx)

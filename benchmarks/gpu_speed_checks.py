@@ -87,22 +87,9 @@ def throughput(ctx) -> dict:
 
 
 def batch_rows(ctx, batch: int, flop: float, seconds: float) -> list[dict]:
+    """Every variant at one batch size: first calls, then interleaved timed rounds that fit `seconds`."""
     x = clip(ctx, batch, seed=10 + batch)
-    inputs = {"hf": hf_input(x)}
-    calls, rows = {}, {}
-    for name, build in variant_builders(ctx).items():
-        rows[name] = {"batch": batch, "variant": name}
-        if "compile" in name and ctx.left() < ctx.notes.get("compile_s", COMPILE_GUESS_S[ctx.notes["compile_backend"]]):
-            rows[name]["skipped"] = f"budget: {ctx.left():.0f} s left"
-            continue
-        try:
-            fn, inp = build(), inputs.get(name, x)
-            rows[name].update(first_calls(ctx, fn, inp))
-            calls[name] = lambda fn=fn, inp=inp: fn(inp)
-        except Exception as exc:                               # noqa: BLE001 - this variant only
-            rows[name]["error"] = f"{type(exc).__name__}: {exc}"[:300]
-        if "compile" in name and "first_call_s" in rows[name]:
-            ctx.notes["compile_s"] = max(ctx.notes.get("compile_s", 0.0), rows[name]["first_call_s"])
+    calls, rows = warm_variants(ctx, batch, x)
     round_s = sum(r.get("second_call_s", 0.0) for r in rows.values())
     secs, outs = timed_interleaved(calls, ctx.iters(round_s, 0.7 * max(0.0, seconds - 5)), 0,
                                    synchronizer(ctx.device))
@@ -114,6 +101,28 @@ def batch_rows(ctx, batch: int, flop: float, seconds: float) -> list[dict]:
         if "clips_per_s" in row and "clips_per_s" in rows["hf"]:
             row["x_hf"] = row["clips_per_s"] / rows["hf"]["clips_per_s"]
     return list(rows.values())
+
+
+def warm_variants(ctx, batch: int, x: torch.Tensor) -> tuple[dict, dict]:
+    """Build each variant and make its first calls: (name → call of no arguments, name → row). A variant
+    that fails has an "error" in its row and no call; a compiled one is skipped when less time is left
+    than a compile took."""
+    inputs, calls, rows = {"hf": hf_input(x)}, {}, {}
+    guess = COMPILE_GUESS_S[ctx.notes["compile_backend"]]
+    for name, build in variant_builders(ctx).items():
+        rows[name] = {"batch": batch, "variant": name}
+        if "compile" in name and ctx.left() < ctx.notes.get("compile_s", guess):
+            rows[name]["skipped"] = f"budget: {ctx.left():.0f} s left"
+            continue
+        try:
+            fn, inp = build(), inputs.get(name, x)
+            rows[name].update(first_calls(ctx, fn, inp))
+            calls[name] = lambda fn=fn, inp=inp: fn(inp)
+        except Exception as exc:                               # noqa: BLE001 - this variant only
+            rows[name]["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if "compile" in name and "first_call_s" in rows[name]:
+            ctx.notes["compile_s"] = max(ctx.notes.get("compile_s", 0.0), rows[name]["first_call_s"])
+    return calls, rows
 
 
 def best_ratios(rows: list[dict]) -> list[dict]:
@@ -182,15 +191,34 @@ def embed(ctx) -> dict:
             "transfer": transfer_rates(ctx, rows and max(r["batch"] for r in rows))}
 
 
+BARE = "bare model (input ready on device)"
+
+
 def embed_rows(ctx, embedder, batch: int, seconds: float) -> list[dict]:
+    """Each upload path and `__call__` against the bare model at one batch size (interleaved rounds)."""
+    calls = embed_calls(embedder, host_frames(ctx, batch))
+    first = time.perf_counter()
+    timed_interleaved(calls, 1, 0)
+    n = ctx.iters(time.perf_counter() - first, 0.8 * seconds, 2, 10)
+    secs, outs = timed_interleaved(calls, n, 0, synchronizer(ctx.device))
+    bare_s, plain = secs.pop(BARE), outs["embed, chunk whole"][0]
+    rows = [{"batch": batch, "path": BARE, "ms_per_call": bare_s * 1e3, "clips_per_s": batch / bare_s}]
+    for name, s in secs.items():
+        emb = outs[name] if name.startswith("__call__") else outs[name][0]
+        rows.append({"batch": batch, "path": name, "ms_per_call": s * 1e3, "clips_per_s": batch / s,
+                     "overhead_pct": (s / bare_s - 1) * 100, "max_abs_diff_vs_plain": float(np.abs(emb - plain).max())})
+    return rows
+
+
+def embed_calls(embedder, frames: np.ndarray) -> dict[str, Callable]:
+    """The bare model on a ready input; `embed` through each uploader; `__call__` on a Ray-shaped batch."""
     from pipeline.transforms import to_model_input
     from pipeline.upload import ChunkUploader
 
-    frames = host_frames(ctx, batch)
+    batch = len(frames)
     x = to_model_input(torch.from_numpy(frames).to(embedder.device).flatten(0, 1), embedder.preprocess)
     uploaders = {f"embed, chunk {c or 'whole'}{' pinned' if u.pinned else ''}": u
                  for c in (0, 1, 2, batch) for u in [ChunkUploader(embedder.device, c)]}
-    plain = next(iter(uploaders.values()))
     ray_batch = {"video_id": np.array([f"v{i}" for i in range(batch)], dtype=object),
                  "error": np.array([""] * batch, dtype=object), "stage": np.array([""] * batch, dtype=object),
                  "frames": frames}
@@ -205,21 +233,9 @@ def embed_rows(ctx, embedder, batch: int, seconds: float) -> list[dict]:
         embedder.uploader = uploader
         return fn()
 
-    calls = {"bare model (input ready on device)": bare,
-             **{name: (lambda u=u: via(u, lambda: embedder.embed(frames))) for name, u in uploaders.items()},
-             "__call__ (a Ray batch, plain upload)": lambda: via(plain, lambda: embedder(ray_batch)["embedding"])}
-    first = time.perf_counter()
-    timed_interleaved(calls, 1, 0)
-    n = ctx.iters(time.perf_counter() - first, 0.8 * seconds, 2, 10)
-    secs, outs = timed_interleaved(calls, n, 0, synchronizer(ctx.device))
-    bare_s, ref = secs.pop("bare model (input ready on device)"), outs["embed, chunk whole"][0]
-    rows = [{"batch": batch, "path": "bare model (input ready on device)", "ms_per_call": bare_s * 1e3,
-             "clips_per_s": batch / bare_s}]
-    for name, s in secs.items():
-        emb = outs[name] if name.startswith("__call__") else outs[name][0]
-        rows.append({"batch": batch, "path": name, "ms_per_call": s * 1e3, "clips_per_s": batch / s,
-                     "overhead_pct": (s / bare_s - 1) * 100, "max_abs_diff_vs_plain": float(np.abs(emb - ref).max())})
-    return rows
+    plain = uploaders["embed, chunk whole"]
+    return {BARE: bare, **{name: (lambda u=u: via(u, lambda: embedder.embed(frames))) for name, u in uploaders.items()},
+            "__call__ (a Ray batch, plain upload)": lambda: via(plain, lambda: embedder(ray_batch)["embedding"])}
 
 
 def host_frames(ctx, batch: int) -> np.ndarray:
