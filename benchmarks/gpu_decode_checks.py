@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import glob
-import importlib
 import importlib.metadata
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -52,15 +52,24 @@ def nvdec_probe(ctx) -> dict:
         except OSError as exc:
             libraries[lib] = f"missing: {exc}"[:200]
     files = sorted({f for d in LIBRARY_DIRS for f in glob.glob(os.path.join(d, "libnvcuvid*"))})
-    decoders = {}
-    for module in ("PyNvVideoCodec", "torchcodec"):
-        try:
-            importlib.import_module(module)
-            decoders[module] = f"imports ({package_version(module)})"
-        except Exception as exc:                               # noqa: BLE001 - ImportError, or its own checks
-            decoders[module] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
+    decoders = {module: imports(module) for module in ("PyNvVideoCodec", "torchcodec")}
     return {"libnvcuvid": libraries["libnvcuvid.so.1"] == "loads", "libraries": libraries,
             "libnvcuvid_files": files, "decoders": decoders}
+
+
+def imports(module: str) -> str:
+    """Whether `module` imports, tried in a child process (a native library that crashes on import
+    takes only the child down)."""
+    try:
+        out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                             timeout=120)
+    except subprocess.TimeoutExpired:
+        return "unavailable: import hung for 120 s"
+    if out.returncode == 0:
+        return f"imports ({package_version(module)})"
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"[\w.]+(Error|Exception)\b", line)]
+    return f"unavailable (exit status {out.returncode}): {(errors or lines or [''])[-1]}"[:300]
 
 
 def write_pattern_video(path: str, seconds: float, width: int = 640, height: int = 360, fps: int = 30) -> str:
