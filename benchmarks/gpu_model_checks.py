@@ -151,7 +151,7 @@ def precision(ctx) -> dict:
     variants = {
         "ours bf16 autocast (pipeline default)": lambda: ours_call(ctx, ours(ctx))(x),
         "ours bf16 weights + autocast": lambda: ours_call(ctx, ours_bf16w(ctx))(x),
-        "ours pure bf16 (no autocast)": lambda: pure_bf16(ctx, x),
+        "ours all-bf16 (no autocast)": lambda: all_bf16_call(ctx)(x),
         "HF bf16 autocast": lambda: hf_call(ctx, hf(ctx))(hf_input(x)),
     }
     for name, run in variants.items():
@@ -161,12 +161,14 @@ def precision(ctx) -> dict:
             "bf16_weights_bit_identical_to_autocast": bool(same)}
 
 
-def pure_bf16(ctx, x: torch.Tensor) -> tuple:
-    model = copy.deepcopy(ours(ctx)).to(torch.bfloat16)
-    try:
-        return ours_call(ctx, model, amp=False)(x.to(torch.bfloat16))
-    finally:
-        del model
+def ours_all_bf16(ctx) -> torch.nn.Module:
+    """Ours with every parameter in bf16, to run without autocast (residual stream and norms in bf16)."""
+    return cached(ctx, "ours_all_bf16", lambda: copy.deepcopy(ours(ctx)).to(torch.bfloat16))
+
+
+def all_bf16_call(ctx) -> Callable[[torch.Tensor], tuple]:
+    call = ours_call(ctx, ours_all_bf16(ctx), amp=False)
+    return lambda x: call(x.to(torch.bfloat16))
 
 
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")

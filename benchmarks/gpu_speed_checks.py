@@ -7,6 +7,8 @@ Throughput variants (all under bf16 autocast, same weights, same input; calls in
   ours+bf16w+compile         and every block compiled (inductor; the first batch size gets a static graph,
                              the others share one with a dynamic batch, as in the pipeline)
   ours+bf16w+compile+graphs  and CUDA graphs (compile mode "reduce-overhead"; CUDA only)
+  ours-all-bf16              every parameter and the residual stream in bf16, no autocast (other numbers:
+                             its error against fp32 is in the precision section)
 Compiled variants are skipped, and say so, when the time left is shorter than a compile took.
 """
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gpu_model_checks import (GIB, cached, clip, flop_per_clip, hf, hf_call, hf_input, ours, ours_bf16w,
-                              ours_call, rel_err, release_memory)
+from gpu_model_checks import (GIB, all_bf16_call, cached, clip, flop_per_clip, hf, hf_call, hf_input, ours,
+                              ours_bf16w, ours_call, rel_err, release_memory)
 from pipeline.model import get_preset
 from pipeline.model.accel import compiled_forward
 from timing import synchronizer, timed_interleaved
@@ -34,6 +36,7 @@ def variant_builders(ctx) -> dict[str, Callable[[], Callable]]:
         "ours": lambda: ours_call(ctx, ours(ctx)),
         "ours+bf16w": lambda: ours_call(ctx, ours_bf16w(ctx)),
         "ours+bf16w+compile": lambda: compiled_call(ctx, "default"),
+        "ours-all-bf16": lambda: all_bf16_call(ctx),
     }
     if ctx.device.type == "cuda":
         builders["ours+bf16w+compile+graphs"] = lambda: compiled_call(ctx, "reduce-overhead")
@@ -78,7 +81,8 @@ def throughput(ctx) -> dict:
             rows += batch_rows(ctx, batch, flop, seconds=ctx.left() / (len(ctx.batches) - i))
         except Exception as exc:                               # noqa: BLE001 - e.g. OOM: next batch size
             rows.append({"batch": batch, "variant": "all", "error": f"{type(exc).__name__}: {exc}"[:300]})
-        release_memory(ctx, keep=("ours", "hf", "ours_bf16w", "compiled_default", "compiled_reduce-overhead"))
+        release_memory(ctx, keep=("ours", "hf", "ours_bf16w", "ours_all_bf16", "compiled_default",
+                                  "compiled_reduce-overhead"))
     eager = [1 / r["clips_per_s"] for r in rows if r["variant"] == "ours" and "clips_per_s" in r]
     if eager:
         ctx.notes["clip_s"] = min(eager)                       # seconds a clip, for the max_batch section
