@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import statistics
-import time
+import sys
 
 import torch
 
-from pipeline.model import get_preset, load_timesformer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline.model import get_preset, load_timesformer  # noqa: E402
+from timing import synchronizer, timed_interleaved  # noqa: E402
 
 
 def clip_macs(arch: dict, frames: int, size: int) -> float:
@@ -56,23 +59,6 @@ def _our_to_hf_names(hf_keys) -> dict[str, str]:
     return {ours: hf for hf, ours in zip(hf_keys, to_timesformer_keys({k: k for k in hf_keys}))}
 
 
-def timed_pair(fns: dict, x, iters: int, warmup: int, device: str) -> tuple[dict, dict]:
-    """Median seconds per call of each fn, calls interleaved (a, b, a, b, ...) so that load on the
-    machine hits both alike; and each fn's last output."""
-    times, outs = {k: [] for k in fns}, {}
-    for i in range(warmup + iters):
-        for name, fn in fns.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            outs[name] = fn(x)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}, outs
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="timesformer-k400")
@@ -101,7 +87,8 @@ def main() -> None:
     if hf is not None:
         hf = hf.to(device)
         fns["hf"] = run(lambda inp: hf.timesformer(inp.permute(0, 2, 1, 3, 4)).last_hidden_state[:, 0])
-    secs, outs = timed_pair(fns, x, args.iters, args.warmup, device)
+    calls = {name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}
+    secs, outs = timed_interleaved(calls, args.iters, args.warmup, synchronizer(device))
     macs = clip_macs(ours.arch, preset.num_frames, preset.img_size)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
               "threads": torch.get_num_threads(), "preset": preset.name, "batch": args.batch,

@@ -22,6 +22,12 @@ class ModelConfig:
     precision: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     fused_attn: bool = True            # F.scaled_dot_product_attention, else the manual reference path
     compile: bool = False              # torch.compile the model (CUDA only)
+    compile_scope: str = "model"       # model (the whole forward) | blocks (each block; one graph, faster to compile)
+    compile_mode: str = "default"      # torch.compile mode; "reduce-overhead" also captures CUDA graphs
+    bf16_weights: bool = False         # keep Linear/conv weights in bf16 under bf16 autocast (same numbers,
+                                       # no re-cast on every call)
+    upload_chunk: int = 0              # clips per forward, sent through pinned double buffers that overlap
+                                       # the transfer with compute (CUDA); 0 = the whole batch in one copy
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,20 @@ batch (stage "infer") and the actor goes on; a crashed actor is restarted by Ray
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
+from typing import Callable
 
 import numpy as np
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, ModelConfig
 from pipeline.faults import failpoint
-from pipeline.model import load_timesformer
+from pipeline.model import TimeSformer, load_timesformer
+from pipeline.model.accel import cast_matmul_weights_, compiled_forward
 from pipeline.transforms import to_model_input
+from pipeline.upload import ChunkUploader
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +57,7 @@ class ClipEmbedder:
         self.dtype = _dtype(m.precision, self.device)
         model = load_timesformer(m.checkpoint, preset=m.preset, seed=m.seed, fused_attn=m.fused_attn,
                                  num_frames=self.config.sampling.num_frames, img_size=self.config.preprocess.size)
-        self.model = model.to(self.device).eval()
-        self.forward = torch.compile(self.model.forward_features) if m.compile and self.device.type == "cuda" \
-            else self.model.forward_features
+        self.model, self.forward = prepare_model(model, m, self.device, self.dtype)
         self.preprocess = dataclasses.replace(self.config.preprocess, crops=1)   # crops already cut
         self.device_label = describe_device(self.device)
         log.info("inference actor ready on %s (%s)", self.device_label, self.dtype)
@@ -84,18 +86,42 @@ class ClipEmbedder:
                    device=np.full(n, self.device_label, dtype=object))
         return out
 
+    @functools.cached_property
+    def uploader(self) -> ChunkUploader:
+        """Host-to-device copies of clip batches (`model.upload_chunk` clips at a time)."""
+        return ChunkUploader(self.device, self.config.model.upload_chunk)
+
     @torch.inference_mode()
     def embed(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [B, crops, T, S, S, 3] → (embedding [B, D], logits [B, C]) averaged over crops, float32."""
+        """uint8 [B, crops, T, S, S, 3] → (embedding [B, D], logits [B, C]) averaged over crops, float32.
+
+        The model runs on one upload chunk at a time (the whole batch unless `upload_chunk` is set)."""
         b, crops = frames.shape[:2]
-        x = torch.from_numpy(frames).to(self.device, non_blocking=True).flatten(0, 1)
-        x = to_model_input(x, self.preprocess)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            emb = self.forward(x)
-            logits = self.model.forward_head(emb)
-        emb = emb.float().view(b, crops, -1).mean(dim=1)
-        logits = logits.float().view(b, crops, -1).mean(dim=1)
-        return emb.cpu().numpy(), logits.cpu().numpy()
+        embs, logits = [], []
+        for part in self.uploader.chunks(frames):
+            x = to_model_input(part.flatten(0, 1), self.preprocess)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                emb = self.forward(x)
+                logit = self.model.forward_head(emb)
+            embs.append(emb.to(torch.float32, copy=True))   # a copy: compiled graphs may reuse their outputs
+            logits.append(logit.to(torch.float32, copy=True))
+        emb = torch.cat(embs).view(b, crops, -1).mean(dim=1)
+        logit = torch.cat(logits).view(b, crops, -1).mean(dim=1)
+        return emb.cpu().numpy(), logit.cpu().numpy()
+
+
+def prepare_model(model: TimeSformer, m: ModelConfig, device: torch.device,
+                  dtype: torch.dtype) -> tuple[TimeSformer, Callable[[torch.Tensor], torch.Tensor]]:
+    """The model on `device` in eval mode with `m`'s speed-ups, and the feature forward to call.
+
+    `bf16_weights` casts the matmul weights once when the model runs under bf16 autocast (same numbers);
+    `compile` (CUDA only) compiles over `compile_scope` with `compile_mode`."""
+    model = model.to(device).eval()
+    if m.bf16_weights and dtype == torch.bfloat16:
+        cast_matmul_weights_(model, torch.bfloat16)
+    if m.compile and device.type == "cuda":
+        return model, compiled_forward(model, m.compile_scope, m.compile_mode)
+    return model, model.forward_features
 
 
 def _dtype(precision: str, device: torch.device) -> torch.dtype:

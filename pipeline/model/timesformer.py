@@ -178,7 +178,8 @@ class TimeSformer(nn.Module):
             x = rearrange(x[:, 0], "(b t) d -> b t d", b=b).mean(dim=1)
             return self.norm(x)
         tokens = rearrange(tokens, "(b t) n d -> b n t d", b=b) + resize_time_embed(self.time_embed, t)[:, None]
-        tokens, cls = rearrange(tokens, "b n t d -> b (n t) d"), cls.expand(b, -1, -1)
+        # CLS made contiguous: every block then sees inputs of one layout (one compiled graph serves all)
+        tokens, cls = rearrange(tokens, "b n t d -> b (n t) d"), cls.expand(b, -1, -1).contiguous()
         if self.attention_type == "divided_space_time":
             for block in self.blocks:
                 cls, tokens = block.forward_divided(cls, tokens, t)

@@ -1,0 +1,160 @@
+"""Inference speed-ups keep the numbers: bf16 matmul weights, compiled blocks, chunked pinned uploads.
+
+CPU tests cover the logic (autocast on the CPU casts Linear and Conv2d to bf16 the same way CUDA's does;
+torch.compile with the "eager" backend traces the same graphs as inductor without generating code).
+The CUDA tests (pinned double buffers, inductor, CUDA graphs) are skipped without a GPU.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import Config, ModelConfig
+from pipeline.infer import ClipEmbedder, prepare_model
+from pipeline.model import TimeSformer
+from pipeline.model.accel import cast_matmul_weights_, compile_blocks, compiled_forward
+from pipeline.upload import ChunkUploader
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def random_model(attention_type: str = "divided_space_time", seed: int = 0) -> TimeSformer:
+    """A small TimeSformer with every parameter random (biases and LayerNorms too)."""
+    torch.manual_seed(seed)
+    model = TimeSformer(img_size=32, patch_size=8, num_classes=7, embed_dim=64, depth=3, num_heads=4,
+                        num_frames=4, attention_type=attention_type)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_((1 if name.endswith("weight") and "norm" in name else 0) + 0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def clip_batch(batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def forward(model, x, forward_fn=None, device="cpu", amp=True):
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+        emb = (forward_fn or model.forward_features)(x)
+        return emb.float(), model.forward_head(emb).float()
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time", "space_only"])
+def test_bf16_matmul_weights_are_bit_identical_under_autocast(attention_type):
+    model, x = random_model(attention_type), clip_batch()
+    cast = copy.deepcopy(model)
+    assert cast_matmul_weights_(cast) == sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for m in model.modules())
+    assert cast.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16 and cast.patch_embed.proj.bias.dtype == torch.bfloat16
+    assert cast.norm.weight.dtype == torch.float32 and cast.pos_embed.dtype == torch.float32
+    ref, out = forward(model, x), forward(cast, x)
+    assert torch.equal(ref[0], out[0]) and torch.equal(ref[1], out[1])
+    assert not torch.equal(ref[0], forward(model, x, amp=False)[0])      # autocast did change the numbers
+
+
+def test_compiled_blocks_match_eager_and_all_blocks_share_one_graph():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    model, x = random_model(), clip_batch()
+    ref = forward(model, x, amp=False)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = compile_blocks(copy.deepcopy(model), backend="eager")
+    out = forward(compiled, x, amp=False)
+    out = forward(compiled, clip_batch(seed=1), amp=False)
+    assert torch.allclose(out[0], ref[0], atol=1e-5) and torch.allclose(out[1], ref[1], atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1                         # three blocks, one graph
+
+
+@pytest.mark.parametrize("attention_type", ["joint_space_time", "space_only"])
+def test_compiled_blocks_of_other_attention_types_match_eager(attention_type):
+    model, x = random_model(attention_type), clip_batch()
+    compiled = compile_blocks(copy.deepcopy(model), backend="eager")
+    assert torch.allclose(forward(compiled, x, amp=False)[0], forward(model, x, amp=False)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_compiled_forward_scopes_match_eager(scope):
+    model, x = random_model(), clip_batch()
+    fn = compiled_forward(copy.deepcopy(model), scope, backend="eager")
+    assert torch.allclose(forward(model, x, fn, amp=False)[0], forward(model, x, amp=False)[0], atol=1e-5)
+
+
+def test_compiled_forward_names_bad_settings():
+    model = random_model()
+    with pytest.raises(ValueError, match="compile scope 'layers'"):
+        compiled_forward(model, "layers")
+    with pytest.raises(ValueError, match="compile mode 'fastest'"):
+        compiled_forward(model, "blocks", "fastest")
+
+
+def test_defaults_keep_todays_behaviour():
+    m = ModelConfig()
+    assert (m.compile, m.compile_scope, m.compile_mode, m.bf16_weights, m.upload_chunk) == \
+        (False, "model", "default", False, 0)
+    model, fn = prepare_model(random_model(), m, torch.device("cpu"), torch.bfloat16)
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.float32 and fn == model.forward_features
+
+
+def test_prepare_model_casts_weights_only_for_bf16_autocast():
+    on = ModelConfig(bf16_weights=True, compile=True)
+    model, fn = prepare_model(random_model(), on, torch.device("cpu"), torch.bfloat16)
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert fn == model.forward_features                                   # compile is CUDA only
+    model, _ = prepare_model(random_model(), on, torch.device("cpu"), torch.float32)
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.float32          # fp32 runs need fp32 weights
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 2, 3, 9])
+def test_uploader_chunks_cover_the_batch_in_order(chunk):
+    frames = np.random.default_rng(0).integers(0, 256, (5, 1, 2, 4, 4, 3), dtype=np.uint8)
+    parts = list(ChunkUploader("cpu", chunk).chunks(frames))
+    assert [len(p) for p in parts] == ([5] if chunk in (0, 9) else [min(chunk, 5 - s) for s in range(0, 5, chunk)])
+    assert np.array_equal(torch.cat(parts).numpy(), frames)
+    with pytest.raises(ValueError, match="upload chunk"):
+        ChunkUploader("cpu", -1)
+
+
+def embedder(**model) -> ClipEmbedder:
+    return ClipEmbedder(Config.from_preset("tiny", checkpoint="random", **model).to_dict())
+
+
+def tiny_frames(batch: int, crops: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (batch, crops, 4, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunked_embed_equals_whole_batch_embed(chunk):
+    frames = tiny_frames(5, crops=3)
+    emb, logits = embedder().embed(frames)
+    emb_c, logits_c = embedder(upload_chunk=chunk).embed(frames)
+    assert emb_c.shape == emb.shape == (5, 64) and logits_c.shape == (5, 10)
+    assert np.allclose(emb_c, emb, atol=1e-5) and np.allclose(logits_c, logits, atol=1e-5)
+
+
+@cuda
+def test_pinned_uploads_deliver_every_chunk_exactly():
+    frames = np.random.default_rng(0).integers(0, 256, (7, 1, 3, 16, 16, 3), dtype=np.uint8)
+    uploader = ChunkUploader("cuda", 2)
+    for _ in range(2):                                                    # the second pass reuses the buffers
+        parts = [p.clone() for p in uploader.chunks(frames)]
+        assert uploader.pinned and all(p.device.type == "cuda" for p in parts)
+        assert np.array_equal(torch.cat(parts).cpu().numpy(), frames)
+
+
+@cuda
+@pytest.mark.parametrize("settings", [dict(upload_chunk=2), dict(bf16_weights=True), dict(compile=True),
+                                      dict(compile=True, compile_scope="blocks", compile_mode="reduce-overhead",
+                                           bf16_weights=True, upload_chunk=1)])
+def test_cuda_speedups_keep_the_embeddings(settings):
+    frames = tiny_frames(5)
+    ref = embedder(precision="bf16").embed(frames)
+    out = embedder(precision="bf16", **settings).embed(frames)
+    for a, b in zip(out, ref):
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
+    if settings == dict(bf16_weights=True):
+        assert all(np.array_equal(a, b) for a, b in zip(out, ref))
+
