@@ -45,7 +45,7 @@ class ReportData:
     runs: list[dict] = field(default_factory=list)          # run records, oldest first
     notes: list[str] = field(default_factory=list)          # records that could not be read
     failures: list[dict] = field(default_factory=list)      # groups: stage, kind, count, examples
-    videos: dict = field(default_factory=dict)              # video_id, uri, num_clips, duration_s lists
+    videos: dict = field(default_factory=dict)              # video_id, num_clips, duration_s lists
     gallery: list[dict] = field(default_factory=list)       # per query: video, neighbours (id, uri, score)
     pinned: dict = field(default_factory=dict)              # run.json
 
@@ -59,7 +59,7 @@ def gather(out: str, queries: int = 4, k: int = 4) -> ReportData:
     if not (data.pinned or data.runs or state.parts):
         raise ConfigError(f"{out} is not a vidfeat output directory: no run.json, run record or committed part")
     data.failures = failure_groups(list(state.failed.values()))
-    columns = ["video_id", "uri", "num_clips", "duration_s"]
+    columns = ["video_id", "num_clips", "duration_s"]
     data.videos = read_table(out, "videos", columns).to_pydict()
     data.gallery = neighbour_gallery(out, queries, k) if data.videos["video_id"] else []
     return data
