@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
@@ -32,7 +31,14 @@ def add_extract_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--num-actors", type=int, help="inference actors (default: one per GPU, else 1)")
     ap.add_argument("--crops", type=int, choices=(1, 3), help="1 centre crop or 3 crops along the long side")
     ap.add_argument("--decode-mode", choices=("fast", "exact"), help="decode reference frames only, or exactly")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--no-progress", action="store_true", help="no progress line")
+    add_verbose_argument(ap)
+
+
+def add_verbose_argument(ap: argparse.ArgumentParser) -> None:
+    """-v/--verbose, also after the subcommand (SUPPRESS: an absent flag keeps the top-level value)."""
+    ap.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                    help="show Ray's and Ray Data's logs and our info messages on the console")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -68,28 +74,19 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from pipeline import console
     from pipeline.runner import FailureRateExceeded, run_extract
 
     config = config_from_args(args)
-    try:
-        summary = run_extract(args.source, args.out, config, progress=not args.no_progress)
-    except FailureRateExceeded as exc:
-        print(f"vidfeat extract: stopped: {exc}", file=sys.stderr)
-        return EXIT_ABORTED
-    print_summary(summary.to_dict(), config.model.checkpoint)
+    with console.ray_logs_to_file(console.log_path("extract"), args.verbose) as log_file:
+        print(f"Ray's logs: {log_file}" + ("" if args.verbose else " (--verbose shows them here)"), flush=True)
+        try:
+            summary = run_extract(args.source, args.out, config, progress=not args.no_progress)
+        except FailureRateExceeded as exc:
+            print(f"vidfeat extract: stopped: {exc}", file=sys.stderr)
+            return EXIT_ABORTED
+    console.print_summary(summary.to_dict(), config.model.checkpoint, out=args.out)
     return EXIT_FAILURES if summary.failed else EXIT_OK
-
-
-def print_summary(s: dict, checkpoint: str | None) -> None:
-    if checkpoint == "random":
-        print("NOTE: random model weights (--checkpoint random): the features are meaningless.")
-    print(f"videos: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped (of {s['total']}); "
-          f"clips: {s['clips']}; video: {s['video_hours']:.3f} h in {s['wall_s']:.1f} s "
-          f"({s['video_s_per_s']:.1f} video-s/s)")
-    print(f"time per stage (summed over workers): decode {s['decode_s']:.1f} s, inference {s['infer_s']:.1f} s, "
-          f"commit {s['commit_s']:.1f} s; inference on: {', '.join(s['devices']) or '-'}")
-    for f in s["failures"][:20]:
-        print(f"  failed: {f['video_id']} [{f['stage']}] {f['error']}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -150,9 +147,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("running the pipeline with RANDOM weights of the 'tiny' preset: the machinery is real, the numbers are not")
     extract = build_parser().parse_args(["extract", videos, "--out", os.path.join(args.out, "features"),
                                          "--preset", "tiny", "--checkpoint", "random"]
-                                        + (["--no-progress"] if args.no_progress else []))
+                                        + (["--no-progress"] if args.no_progress else [])
+                                        + (["--verbose"] if args.verbose else []))
     code = cmd_extract(extract)
-    print(f"features in {os.path.join(args.out, 'features')} (try: vidfeat status / vidfeat verify on it)")
+    from pipeline.report import write_report
+
+    features = os.path.join(args.out, "features")
+    print(f"features in {features} (try: vidfeat status / vidfeat verify / vidfeat search on it)")
+    print(f"report: {write_report(features, os.path.join(args.out, 'report.html'))} (open it in a browser)")
     return code
 
 
@@ -160,6 +162,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     from pipeline import search
 
     return search.cmd_search(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline import report
+
+    return report.cmd_report(args)
+
+
+def add_report_arguments(ap: argparse.ArgumentParser) -> None:
+    from pipeline import report
+
+    report.add_report_arguments(ap)
 
 
 def add_search_arguments(ap: argparse.ArgumentParser) -> None:
@@ -170,7 +184,8 @@ def add_search_arguments(ap: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vidfeat", description="Long-video TimeSformer features on Ray.")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="show Ray's and Ray Data's logs and our info messages on the console")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("extract", help="extract features of a corpus (resumable)")
     add_extract_arguments(p)
@@ -193,9 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="nearest committed videos (cosine) of a video or of query embeddings")
     add_search_arguments(p)
     p.set_defaults(func=cmd_search)
+    p = sub.add_parser("report", help="one self-contained HTML page: runs, failures, distributions, neighbours")
+    add_report_arguments(p)
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("demo", help="run the pipeline on sample videos it generates (random tiny model)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--no-progress", action="store_true")
+    add_verbose_argument(p)
     p.set_defaults(func=cmd_demo)
     return ap
 
@@ -203,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipeline.console import configure_logging
+
+    configure_logging(args.verbose)
     try:
         return args.func(args)
     except VidfeatError as exc:

@@ -25,6 +25,7 @@ import pipeline
 import schemas
 from pipeline.aggregate import aggregate_video
 from pipeline.config import Config
+from pipeline.console import Progress, announce
 from pipeline.corpus import VideoRecord, read_corpus
 from pipeline.errors import ConfigError, DecodeError, VidfeatError
 from pipeline.faults import failpoint
@@ -100,6 +101,7 @@ def _stream(todo: list[VideoRecord], config: Config, writer: "PartWriter", summa
     """Run the Ray Data graph over `todo` and commit results as they come."""
     started_ray = connect_ray(config.run.address)
     try:
+        announce(len(todo), summary.total, writer.ledger.out)
         ds = build_dataset(todo, config)
         collector = VideoCollector({r.video_id: r.uri for r in todo})
         bars = Progress(len(todo), enabled=progress)
@@ -114,7 +116,7 @@ def _stream(todo: list[VideoRecord], config: Config, writer: "PartWriter", summa
                     for event in collector.add(row):
                         writer.add(event)
                         bars.video_done(event)
-                    bars.clip_done()
+                    bars.clip_done(row)
                 writer.maybe_commit()
                 _check_failure_rate(summary, config.run.max_failure_rate, len(todo))
             for vid in collector.unfinished():
@@ -379,30 +381,3 @@ def forwarded_env() -> dict[str, str]:
     """The driver's VIDFEAT_* and FSSPEC_* variables (failpoints, storage settings such as an S3
     endpoint), passed on to the cluster's workers: on a cluster they do not inherit the driver's env."""
     return {k: v for k, v in os.environ.items() if k.startswith(("VIDFEAT_", "FSSPEC_"))}
-
-
-class Progress:
-    """Progress bars (tqdm) for videos and clips, with ETA; the clip total is estimated as it goes."""
-
-    def __init__(self, videos: int, enabled: bool = True):
-        from tqdm.auto import tqdm
-
-        self.total_videos = videos
-        self.videos = tqdm(total=videos, desc="videos", unit="video", disable=not enabled, position=0)
-        self.clips = tqdm(total=None, desc="clips ", unit="clip", disable=not enabled, position=1)
-        self.clips_done, self.videos_done = 0, 0
-
-    def video_done(self, event: dict) -> None:
-        self.videos_done += 1
-        self.videos.update(1)
-        if "video" in event and self.videos_done:
-            self.clips.total = int(self.clips_done / self.videos_done * self.total_videos) + 1
-            self.clips.refresh()
-
-    def clip_done(self) -> None:
-        self.clips_done += 1
-        self.clips.update(1)
-
-    def close(self) -> None:
-        self.videos.close()
-        self.clips.close()

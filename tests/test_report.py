@@ -1,0 +1,195 @@
+"""`vidfeat report` (pipeline.report, pipeline.svg, pipeline.thumbnails) on real and hand-made outputs:
+what the page holds, tolerant run records, failures only, one video, unreadable videos, fsspec and S3.
+No Ray here; the page in a real browser is tested in test_demo.py."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from html.parser import HTMLParser
+
+import fsspec
+import numpy as np
+import pytest
+
+from featurekit import GHOST, shared_output
+from pipeline import svg
+from pipeline.errors import ConfigError
+from pipeline.ledger import Ledger
+from pipeline.report import failure_groups, gather, neighbour_gallery, render, write_report
+from pipeline.runner import write_part
+from pipeline.samples import write_index_video
+from pipeline.search import VideoIndex
+from pipeline.thumbnails import strip_data_uri, thumbnail_strip
+from test_reliability import PROV, s3  # noqa: F401 - the moto S3 server fixture
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    return shared_output(tmp_path_factory)
+
+
+class Page(HTMLParser):
+    """What a test checks of a page: tags used, image sources, visible text, external references."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags, self.images, self.text, self.refs = set(), [], [], []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        self.refs += [v for k, v in attrs.items() if k in ("src", "href") and v and not v.startswith("data:")]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    @property
+    def words(self) -> str:
+        return " ".join(" ".join(self.text).split())
+
+
+def run_record(out: str, run_id: str, summary: dict, **extra) -> None:
+    fs, root = fsspec.core.url_to_fs(out)
+    fs.makedirs(f"{root}/runs", exist_ok=True)
+    with fs.open(f"{root}/runs/{run_id}.json", "w") as fh:
+        json.dump({"source": "/videos", "config": {"model": {"checkpoint": "random"}}, "summary": summary, **extra}, fh)
+
+
+FULL = {"ok": 12, "failed": 1, "skipped": 0, "total": 13, "clips": 30, "video_hours": 0.01, "wall_s": 36.0,
+        "decode_s": 5.0, "infer_s": 2.0, "commit_s": 0.5, "devices": ["cpu"], "video_s_per_s": 1.0}
+
+
+@pytest.fixture
+def kit_with_runs(kit, tmp_path):
+    """A copy of the featurekit output with three run records: complete, with fields missing and added
+    (a newer writer), and one that is not JSON."""
+    out = str(tmp_path / "out")
+    shutil.copytree(kit.out, out)
+    run_record(out, "20260101T000000-aaaaaa", FULL)
+    run_record(out, "20260102T000000-bbbbbb", {"ok": 6, "clips": 12, "new_field": [1, 2]}, extra_top="x")
+    with open(f"{out}/runs/20260103T000000-cccccc.json", "w") as fh:
+        fh.write("{not json")
+    return out
+
+
+def test_page_of_a_real_output(kit, kit_with_runs):
+    data = gather(kit_with_runs, queries=3, k=4)
+    page = Page(render(data))
+    words = page.words
+    assert [r["run_id"] for r in data.runs] == ["20260101T000000-aaaaaa", "20260102T000000-bbbbbb"]
+    assert "20260103T000000-cccccc.json: not a readable run record" in words
+    assert "2026-01-01 00:00:00" in words and "–" in words                   # missing fields shown as –
+    assert "random model weights" in words
+    assert data.videos["video_id"] == kit.ids and GHOST not in words           # committed videos only
+    assert [g["kind"] for g in data.failures] == ["not_found"] and "broken" in words
+    assert len(data.gallery) == 3 and all(len(q["neighbours"]) == 4 for q in data.gallery)
+    assert len(page.images) == 3 * (1 + 4)                                      # one strip per cell
+    assert all(src.startswith("data:image/jpeg;base64,") for src in page.images)
+    assert page.refs == [] and not {"script", "link", "iframe"} & page.tags   # self-contained
+    assert page.words.count("Throughput per run") == 1 and "Clips per video" in words
+
+
+def test_gallery_is_the_cosine_search(kit):
+    gallery = neighbour_gallery(kit.out, queries=4, k=3)
+    index = VideoIndex.from_output(kit.out)
+    queries = [q["video_id"] for q in gallery]
+    assert queries[0] == kit.ids[0] and queries[-1] == kit.ids[-1]             # spread over the commit order
+    hits = index.search_ids(queries, k=3)
+    for q, query in enumerate(gallery):
+        assert [n["video_id"] for n in query["neighbours"]] == hits.ids[q]
+        scores = [n["score"] for n in query["neighbours"]]
+        assert scores == sorted(scores, reverse=True) and query["video_id"] not in hits.ids[q]
+
+
+def test_failure_groups_count_by_stage_and_kind():
+    failures = [{"video_id": f"v{i}", "stage": "decode", "error": f"not_found: no file {i}"} for i in range(5)]
+    failures += [{"video_id": "x", "stage": "infer", "error": "unexpected: RuntimeError: boom"},
+                 {"video_id": "y", "stage": None, "error": None}]
+    groups = failure_groups(failures)
+    assert [(g["stage"], g["kind"], g["count"]) for g in groups] == [
+        ("decode", "not_found", 5), ("?", "unknown", 1), ("infer", "unexpected", 1)]
+    assert [f["video_id"] for f in groups[0]["examples"]] == ["v0", "v1", "v2"]
+
+
+def hand_made_output(root, videos: dict[str, str], failures: list[dict]) -> str:
+    """An output with one committed part: `videos` id → uri (random 8-d features), and `failures`."""
+    out = str(root / "out")
+    rng = np.random.default_rng(0)
+    rows, clips = [], {}
+    for vid, uri in videos.items():
+        emb, logits = rng.normal(size=8).astype(np.float32), rng.normal(size=3).astype(np.float32)
+        clips[vid] = [{"video_id": vid, "clip_index": 0, "start_s": 0.0, "end_s": 1.0, "valid_frames": 4,
+                       "frame_indices": [0, 1, 2, 3], "embedding": emb, "logits": logits}]
+        rows.append({"video_id": vid, "uri": uri, "num_clips": 1, "duration_s": 1.0, "embedding": emb,
+                     "logits": logits, "probs": np.full(3, 1 / 3, np.float32), **PROV})
+    write_part(Ledger(out), "part-r-00000", rows, clips, failures, PROV)
+    Ledger(out).record("part-r-00000", list(videos), failures)
+    return out
+
+
+def test_output_with_failures_only(tmp_path):
+    failures = [{"video_id": "gone.mp4", "uri": "/gone.mp4", "stage": "decode", "error": "not_found: no such file",
+                 "run_id": "r"}]
+    out = hand_made_output(tmp_path, {}, failures)
+    html = tmp_path / "r.html"
+    assert run_cli("report", out, "--html", str(html)).returncode == 0
+    words = Page(html.read_text()).words
+    assert "gone.mp4 : not_found: no such file" in words and "No committed video." in words
+    assert "nothing to show" in words and "No run record" in words
+
+
+def test_single_video_and_an_unreadable_one(tmp_path):
+    one = write_index_video(str(tmp_path / "one.mp4"), 45, 30.0, rotation=90)
+    out = hand_made_output(tmp_path, {"one": one}, [])
+    page = Page(render(gather(out)))
+    assert len(page.images) == 1 and "no other video to compare with" in page.words
+    assert thumbnail_strip(one, count=2, height=40).shape == (40, 2 * 30 + 2, 3)   # upright: 48x64 → 30 wide
+    os.remove(one)
+    words = Page(render(gather(out))).words
+    assert "no preview not_found" in words                                      # a placeholder, not a crash
+    assert strip_data_uri(str(tmp_path))[1].startswith("not_a_video")
+
+
+def test_not_an_output_directory(tmp_path):
+    with pytest.raises(ConfigError, match="not a vidfeat output directory"):
+        gather(str(tmp_path))
+    done = run_cli("report", str(tmp_path / "typo"))
+    assert done.returncode == 2 and "not a vidfeat output directory" in done.stderr
+
+
+def test_memory_filesystem_in_and_out(kit):
+    fs = fsspec.filesystem("memory")
+    fs.put(kit.out, "/report-copy/out", recursive=True)
+    try:
+        target = write_report("memory://report-copy/out", queries=2, k=2)
+        assert target == "memory://report-copy/out/report.html"
+        page = Page(fs.cat(target).decode())
+        assert len(page.images) == 2 * 3 and "broken" in page.words
+    finally:
+        fs.rm("/report-copy", recursive=True)
+
+
+def test_s3_output(s3, kit):  # noqa: F811 - the fixture
+    s3["fs"].put(kit.out, f"{s3['bucket']}/report/out", recursive=True)
+    url = f"s3://{s3['bucket']}/report/out"
+    run_record(url, "20260101T000000-aaaaaa", FULL)
+    target = write_report(url, queries=1, k=2)
+    s3["fs"].invalidate_cache()
+    page = Page(s3["fs"].cat(target.removeprefix("s3://")).decode())
+    assert len(page.images) == 3 and "20260101T000000-aaaaaa" in page.words
+
+
+def test_svg_charts_are_well_formed():
+    for chart in (svg.histogram([1, 2, 2, 3], "h", "x", integer=True), svg.histogram([0.5] * 3, "h", "x"),
+                  svg.histogram([], "empty", "x"), svg.bar_chart(["1", "2"], {"a": [1, 2], "b": [0, 3]}, "b", "s"),
+                  svg.histogram(np.random.default_rng(0).exponential(100, 500), "<&>", "x")):
+        page = Page(chart)
+        assert page.tags >= {"svg", "text"} and "<&>" not in chart.replace("&lt;&amp;&gt;", "")
+    counts = Page(svg.histogram([1, 2, 2, 3], "h", "x", integer=True))
+    assert "1 2 3" in counts.words                                             # one bin per whole number
