@@ -1,4 +1,4 @@
-"""vidfeat command line: extract | status | verify | inspect | search | demo (contract: DESIGN.md §4).
+"""vidfeat command line: extract | status | verify | compact | inspect | search | report | demo (contract: DESIGN.md §4).
 
 Exit codes: 0 success; 1 the command finished but found failures (failed videos, a failed verify);
 2 bad usage, configuration, input or output directory; 3 the run was stopped (more failures than
@@ -31,6 +31,8 @@ def add_extract_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--num-actors", type=int, help="inference actors (default: one per GPU, else 1)")
     ap.add_argument("--crops", type=int, choices=(1, 3), help="1 centre crop or 3 crops along the long side")
     ap.add_argument("--decode-mode", choices=("fast", "exact"), help="decode reference frames only, or exactly")
+    ap.add_argument("--videos-per-task", type=int, help="videos one decode task takes (default: from the corpus size)")
+    ap.add_argument("--no-compact", action="store_true", help="do not merge small parts into large files at the end")
     ap.add_argument("--no-progress", action="store_true", help="no progress line")
     add_verbose_argument(ap)
 
@@ -59,12 +61,15 @@ def config_from_args(args: argparse.Namespace):
     flags = {("model", "checkpoint"): args.checkpoint, ("model", "seed"): args.seed,
              ("run", "address"): args.address, ("run", "max_failure_rate"): args.max_failure_rate,
              ("run", "batch_size"): args.batch_size, ("run", "num_actors"): args.num_actors,
-             ("preprocess", "crops"): args.crops, ("decode", "mode"): args.decode_mode}
+             ("preprocess", "crops"): args.crops, ("decode", "mode"): args.decode_mode,
+             ("run", "videos_per_task"): args.videos_per_task}
     for (section, key), value in flags.items():
         if value is not None:
             sections[section][key] = value
     if args.retry_failed:
         sections["run"]["retry_failed"] = True
+    if args.no_compact:
+        sections["run"]["compact"] = False
     try:
         return Config.from_dict({**data, **sections})
     except (TypeError, ValueError) as exc:
@@ -115,6 +120,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  PROBLEM: {problem}")
         print("OK" if report["ok"] else f"FAILED: {len(report['problems'])} problem(s)")
     return EXIT_OK if report["ok"] else EXIT_FAILURES
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipeline.compact import compact
+
+    report = dataclasses.asdict(compact(args.out, target_mb=args.target_mb))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.out}: merged {report['segments_before']} segments into {report['segments_after']} "
+              f"({report['groups']} merges, {report['bytes_rewritten'] / 2**20:.1f} MiB written, "
+              f"{report['seconds']:.1f} s)")
+        for sub, n in report["files_before"].items():
+            print(f"  {sub}/: {n} → {report['files_after'][sub]} files")
+    return EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -199,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("compact", help="merge small committed parts into large files (atomic, resumable)")
+    p.add_argument("out")
+    p.add_argument("--target-mb", type=int, default=256, help="size of a merged part's largest file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compact)
     p = sub.add_parser("inspect", help="a video's metadata, clip plan and the frames the model sees")
     p.add_argument("video")
     p.add_argument("--preset", default=None)

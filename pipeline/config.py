@@ -73,7 +73,11 @@ class RunConfig:
     num_actors: int = 0                # inference actors; 0 = one per GPU, else 1 on CPU
     num_decoders: int = 0              # decode tasks at once; 0 = as many as CPUs (and memory) allow
     decode_memory_mb: int = 1024       # memory reserved per decode task (scheduling, not a hard limit)
+    videos_per_task: int = 0           # videos one decode task takes in steady state; 0 = picked from the
+                                       # corpus size (at most ~4,100 tasks; see feed.py)
     commit_every: int = 64             # videos per committed part
+    compact: bool = True               # merge small committed parts into large files at the end of a run
+    compact_target_mb: int = 256       # size of a compacted segment's largest file (its HDF5 file)
     max_failure_rate: float = 1.0      # fail the run when more than this fraction of videos fails
     retry_failed: bool = False
     address: str | None = None         # Ray address; None = RAY_ADDRESS or an embedded local Ray

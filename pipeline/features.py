@@ -16,6 +16,7 @@ read until used; writing to them never touches the file). Remote HDF5 parts are 
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,11 +35,27 @@ from pipeline.ledger import Ledger
 log = logging.getLogger(__name__)
 
 SOURCES = ("parquet", "hdf5")
+READ_ATTEMPTS = 5          # a compaction can replace files between reading the ledger and the files
 VIDEO_FIELDS = ("embedding", "logits", "probs")
 CLIP_FIELDS = ("embedding", "logits")
 
 
 # ====================================================================== files and Arrow tables
+
+def consistent(read):
+    """Decorator: a reader that, when a file it listed is gone (a compaction replaced it after the ledger
+    was read), starts again from a fresh ledger state — so it never sees a video twice or misses one."""
+    @functools.wraps(read)
+    def again(*args, **kwargs):
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return read(*args, **kwargs)
+            except FileNotFoundError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                log.info("a file was replaced while reading (compaction); reading again")
+    return again
+
 
 def part_urls(out: str, kind: str = "videos") -> list[str]:
     """Paths (local) or URLs (remote) of the committed files of `kind` — videos | clips | hdf5 | failures —
@@ -51,7 +68,8 @@ def part_urls(out: str, kind: str = "videos") -> list[str]:
 
 def iter_tables(out: str, kind: str = "videos", columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The committed Parquet parts of `kind` (videos | clips | failures), one Arrow table each, in
-    commit order: memory holds one part at a time."""
+    commit order: memory holds one part at a time. (An iteration that outlives a compaction of the
+    output can meet a replaced file: FileNotFoundError; the other readers start again by themselves.)"""
     ledger = Ledger(out)
     local = _is_local(ledger.fs)
     for path in ledger.committed_files(kind):
@@ -62,6 +80,7 @@ def iter_tables(out: str, kind: str = "videos", columns: list[str] | None = None
                 yield pq.read_table(fh, columns=columns)
 
 
+@consistent
 def read_table(out: str, kind: str = "videos", columns: list[str] | None = None) -> pa.Table:
     """All committed rows of `kind` (videos | clips | failures) as one Arrow table."""
     tables = list(iter_tables(out, kind, columns))
@@ -143,6 +162,7 @@ class ClipFeatures(_ByVideo):
         return list(torch.split(data, np.diff(self.offset).tolist()))
 
 
+@consistent
 def load_videos(out: str, source: str = "parquet", fields: Sequence[str] = ("embedding",)) -> VideoFeatures:
     """Video-level features of every committed video; `fields` ⊆ VIDEO_FIELDS (ids, uris and num_clips
     always come). Loading only what is needed matters: logits and probs of 1M videos × 1059 classes are
@@ -158,6 +178,7 @@ def load_videos(out: str, source: str = "parquet", fields: Sequence[str] = ("emb
                          **{f: _concat([p.array(f) for p in parts]) for f in fields})
 
 
+@consistent
 def load_clips(out: str, source: str = "parquet", fields: Sequence[str] = ("embedding",)) -> ClipFeatures:
     """Clip-level features of every committed video, grouped by video (see ClipFeatures);
     `fields` ⊆ CLIP_FIELDS."""
@@ -165,6 +186,7 @@ def load_clips(out: str, source: str = "parquet", fields: Sequence[str] = ("embe
     return _parquet_clips(out, fields) if source == "parquet" else _h5_clips(h5_parts(out), fields)
 
 
+@consistent
 def lookup_videos(out: str, video_ids: Sequence[str], fields: Sequence[str] = ("probs",)) -> VideoFeatures:
     """The video rows of `video_ids`, in that order, reading one Parquet part at a time so that memory
     holds only the rows asked for. An id that is not committed raises ConfigError naming it."""
@@ -246,6 +268,7 @@ class H5Part:
         return {**self.__dict__, "_arrays": {}}
 
 
+@consistent
 def h5_parts(out: str) -> list[H5Part]:
     """The committed HDF5 parts of `out`, in commit order."""
     ledger = Ledger(out)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, ModelConfig
+from pipeline.decode_stage import ray_node_id
 from pipeline.faults import failpoint
 from pipeline.model import TimeSformer, load_timesformer
 from pipeline.model.accel import cast_matmul_weights_, compiled_forward
@@ -60,6 +61,7 @@ class ClipEmbedder:
         self.model, self.forward = prepare_model(model, m, self.device, self.dtype)
         self.preprocess = dataclasses.replace(self.config.preprocess, crops=1)   # crops already cut
         self.device_label = describe_device(self.device)
+        self.node_id = ray_node_id()
         log.info("inference actor ready on %s (%s)", self.device_label, self.dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -83,7 +85,8 @@ class ClipEmbedder:
         out = {k: v for k, v in batch.items() if k not in RESULT_DROP}
         out.update(embedding=emb, logits=logits, error=errors, stage=stages,
                    infer_s=np.full(n, (time.perf_counter() - start) / max(n, 1)),
-                   device=np.full(n, self.device_label, dtype=object))
+                   device=np.full(n, self.device_label, dtype=object),
+                   infer_node=np.full(n, self.node_id, dtype=object))
         return out
 
     @functools.cached_property

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 
-from pipeline.corpus import read_corpus
+import pyarrow.compute as pc
+
+from pipeline.corpus import load_corpus
 from pipeline.errors import VidfeatError
 from pipeline.ledger import Ledger
 
@@ -26,10 +28,12 @@ def status(out: str, source: str | None = None) -> dict:
     pending = None
     if source:
         try:
-            pending = len(state.pending([r.video_id for r in read_corpus(source)]))
+            corpus = load_corpus(source)
+            pending = pc.sum(state.todo_mask(corpus.ids)).as_py() or 0
         except (VidfeatError, OSError):
             pending = None
-    return {"out": out, "source": source, "done": len(state.done), "failed": len(state.failed),
-            "pending": pending, "parts": len(state.parts),
-            "failures": sorted(state.failed.values(), key=lambda f: f["video_id"]),
+    failures = state.failures.sort_by("video_id")
+    return {"out": out, "source": source, "done": len(state.done_ids), "failed": failures.num_rows,
+            "pending": pending, "parts": len(state.segments),
+            "failures": failures.to_pylist(),
             "last_run": (run or {}).get("summary")}

@@ -23,7 +23,7 @@ from pipeline.config import Config
 from pipeline.decode import decode_clips
 from pipeline.infer import ClipEmbedder
 from pipeline.ledger import Ledger
-from pipeline.runner import provenance, write_part
+from pipeline.commit import provenance, write_part
 from pipeline.transforms import crop
 
 CLASSES = ("dark-horizontal", "bright-vertical", "checkerboard")

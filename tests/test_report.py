@@ -17,7 +17,7 @@ from pipeline import svg
 from pipeline.errors import ConfigError
 from pipeline.ledger import Ledger
 from pipeline.report import failure_groups, gather, neighbour_gallery, render, write_report
-from pipeline.runner import write_part
+from pipeline.commit import write_part
 from pipeline.samples import write_index_video
 from pipeline.search import VideoIndex
 from pipeline.thumbnails import strip_data_uri, thumbnail_strip

@@ -15,7 +15,9 @@ from pipeline.config import Config
 from pipeline.corpus import read_corpus
 from pipeline.errors import ConfigError
 from pipeline.ledger import Ledger
-from pipeline.runner import VideoCollector, inference_resources, write_part
+from pipeline.collector import INCOMPLETE, VideoCollector
+from pipeline.commit import write_part
+from pipeline.feed import inference_resources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,7 +133,7 @@ def row(vid, i, last=False, error="", stage=""):
 
 
 def test_collector_assembles_out_of_order_clips_and_drops_failed_videos():
-    col = VideoCollector({"a": "/a", "b": "/b"})
+    col = VideoCollector()
     assert col.add(row("a", 2, last=True)) == [] and col.add(row("a", 0)) == []
     assert col.add(row("b", 0)) == []
     failed = col.add(row("b", -1, last=True, error="corrupt: cut", stage="decode"))
@@ -139,7 +141,8 @@ def test_collector_assembles_out_of_order_clips_and_drops_failed_videos():
     assert col.add(row("b", 1, last=True)) == []                   # late clips of a failed video: dropped
     (done,) = col.add(row("a", 1))
     assert done["video"]["num_clips"] == 3 and [c["clip_index"] for c in done["clips"]] == [0, 1, 2]
-    assert col.unfinished() == []
+    assert col.unfinished(pa.table({"video_id": ["a", "b", "c"], "uri": ["/a", "/b", "/c"]})) == [
+        {"failure": {"video_id": "c", "uri": "/c", "stage": "decode", "error": INCOMPLETE}}]
 
 
 def test_inference_resources_leave_a_cpu_for_decoding():

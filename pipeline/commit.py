@@ -1,0 +1,107 @@
+"""Committing results in parts: finished videos and failures are buffered, then written as one part —
+its Parquet and HDF5 files published first, its ledger record last (see ledger.py)."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+
+import pipeline
+import schemas
+from pipeline.config import Config
+from pipeline.faults import failpoint
+from pipeline.ledger import FOLD_EVERY, Ledger
+from pipeline.sinks import hdf5 as hdf5_sink
+from pipeline.sinks import parquet as parquet_sink
+from pipeline.sinks import publish_file
+
+log = logging.getLogger(__name__)
+
+
+class PartWriter:
+    """Buffers finished videos and failures; `commit()` writes one part: data files, then the ledger
+    record. Every FOLD_EVERY commits the ledger's records are folded into its index."""
+
+    def __init__(self, ledger: Ledger, summary, provenance: dict, commit_every: int = 64,
+                 commit_interval_s: float = 300.0, started: float | None = None):
+        self.ledger, self.summary, self.provenance = ledger, summary, provenance
+        self.started = started or time.time()
+        self.commit_every, self.commit_interval_s = commit_every, commit_interval_s
+        self.videos: list[dict] = []
+        self.clips: dict[str, list[dict]] = {}
+        self.failures: list[dict] = []
+        self.seq, self.last_commit, self.unfolded = 0, time.time(), 0
+
+    def add(self, event: dict) -> None:
+        s = self.summary
+        if "failure" in event:
+            self.failures.append({**event["failure"], "run_id": self.provenance["run_id"]})
+            s.failed += 1
+            if len(s.failures) < 100:
+                s.failures.append(self.failures[-1])
+        else:
+            video = event["video"]
+            self.videos.append({**video, **self.provenance})
+            self.clips[video["video_id"]] = event["clips"]
+            s.ok, s.clips, s.video_hours = s.ok + 1, s.clips + video["num_clips"], s.video_hours + video["duration_s"] / 3600
+
+    def maybe_commit(self) -> None:
+        pending = len(self.videos) + len(self.failures)
+        if pending >= self.commit_every or (pending and time.time() - self.last_commit > self.commit_interval_s):
+            self.commit()
+
+    def commit(self) -> None:
+        if not self.videos and not self.failures:
+            return
+        start = time.perf_counter()
+        part = f"part-{self.provenance['run_id']}-{self.seq:05d}"
+        write_part(self.ledger, part, self.videos, self.clips, self.failures, self.provenance)
+        failpoint("commit.data")
+        self.ledger.record(part, [v["video_id"] for v in self.videos], self.failures)
+        failpoint("commit.ledger")
+        self.unfolded += 1
+        if self.unfolded >= FOLD_EVERY:
+            self.ledger.fold()
+            self.unfolded = 0
+        self.summary.commit_s += time.perf_counter() - start
+        if self.summary.first_commit_s is None:
+            self.summary.first_commit_s = time.time() - self.started
+        log.info("committed %s: %d videos, %d failures", part, len(self.videos), len(self.failures))
+        self.videos, self.clips, self.failures = [], {}, []
+        self.seq, self.last_commit = self.seq + 1, time.time()
+
+
+def write_part(ledger: Ledger, part: str, videos: list[dict], clips: dict[str, list[dict]],
+               failures: list[dict], provenance: dict) -> None:
+    """Write and publish the data files of one part (not its ledger record)."""
+    with tempfile.TemporaryDirectory(prefix="vidfeat-part-") as tmp:
+        if videos:
+            dim, classes = len(videos[0]["embedding"]), len(videos[0]["logits"])
+            all_clips = [c for v in videos for c in clips[v["video_id"]]]
+            files = {
+                "videos": lambda p: parquet_sink.write_videos(videos, dim, classes, p),
+                "clips": lambda p: parquet_sink.write_clips(all_clips, dim, classes, p),
+                "hdf5": lambda p: hdf5_sink.write_part(videos, clips, dim, classes, provenance, p),
+            }
+            for sub, write in files.items():
+                ext = "h5" if sub == "hdf5" else "parquet"
+                local = os.path.join(tmp, f"{sub}.{ext}")
+                write(local)
+                publish_file(local, ledger.url(sub, f"{part}.{ext}"))
+        if failures:
+            local = os.path.join(tmp, "failures.parquet")
+            parquet_sink.write_failures(failures, local)
+            publish_file(local, ledger.url("failures", f"{part}.parquet"))
+
+
+def provenance(config: Config, sha: str, fingerprint: str, run_id: str) -> dict:
+    """The provenance columns of every row this run writes."""
+    s, p, d = config.sampling, config.preprocess, config.decode
+    return {
+        "checkpoint_sha256": sha, "preset": config.model.preset,
+        "sampling": f"{s.num_frames}x{s.stride}@{s.target_fps:g}fps",
+        "preprocessing": f"short{p.size}/crops{p.crops}/mean{','.join(map(str, p.mean))}/std{','.join(map(str, p.std))}",
+        "decode": f"{d.backend}/{d.mode}/snap{d.max_snap}", "fingerprint": fingerprint,
+        "schema_version": schemas.SCHEMA_VERSION, "code_version": pipeline.__version__, "run_id": run_id,
+    }
