@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("compact", help="merge small committed parts into large files (atomic, resumable)")
     p.add_argument("out")
-    p.add_argument("--target-mb", type=int, default=256, help="size of a merged part's largest file")
+    p.add_argument("--target-mb", type=float, default=256, help="size of a merged part's largest file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compact)
     p = sub.add_parser("inspect", help="a video's metadata, clip plan and the frames the model sees")

@@ -56,7 +56,7 @@ class CompactionReport:
     seconds: float = 0.0
 
 
-def compact(ledger: Ledger | str, target_mb: int = 256, state: LedgerState | None = None) -> CompactionReport:
+def compact(ledger: Ledger | str, target_mb: float = 256, state: LedgerState | None = None) -> CompactionReport:
     """Merge small live segments of `ledger` (or output URL) into segments of about `target_mb`."""
     ledger = Ledger(ledger) if isinstance(ledger, str) else ledger
     started, report = time.perf_counter(), CompactionReport()
@@ -64,7 +64,7 @@ def compact(ledger: Ledger | str, target_mb: int = 256, state: LedgerState | Non
     ledger.collect_garbage(state)
     sizes = segment_sizes(ledger, state)
     report.segments_before, report.files_before = len(state.segments), _file_counts(ledger)
-    for group in plan(sizes, target_mb * 2**20):
+    for group in plan(sizes, int(target_mb * 2**20)):
         report.bytes_rewritten += merge_group(ledger, group, merged_name(group[0]))
         report.groups += 1
     state = ledger.fold()

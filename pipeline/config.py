@@ -73,6 +73,8 @@ class RunConfig:
     num_actors: int = 0                # inference actors; 0 = one per GPU, else 1 on CPU
     num_decoders: int = 0              # decode tasks at once; 0 = as many as CPUs (and memory) allow
     decode_memory_mb: int = 1024       # memory reserved per decode task (scheduling, not a hard limit)
+    decode_resources: dict = field(default_factory=dict)   # custom Ray resources per decode task, e.g.
+                                       # {"decode": 1} to decode only on nodes that declare them (cluster.yaml)
     videos_per_task: int = 0           # videos one decode task takes in steady state; 0 = picked from the
                                        # corpus size (at most ~4,100 tasks; see feed.py)
     commit_every: int = 64             # videos per committed part

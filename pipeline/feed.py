@@ -16,6 +16,7 @@ GPUs. Actor constructor arguments are a small config dict; the weights are loade
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -24,6 +25,8 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.config import Config
 from pipeline.corpus import Corpus
+
+log = logging.getLogger(__name__)
 
 MAX_TASKS = 4096           # read tasks a corpus is cut into at most (plus the ramps), whatever its size
 STEADY_DEFAULT = 32        # videos per task when the corpus is small enough for that to be few tasks
@@ -103,6 +106,8 @@ def build_dataset(todo: Corpus, config: Config):
     # The decode stage reserves memory per task (a clip of decoded frames plus the decoder): it bounds
     # how many decoders share a node; read and decode have the same resources, so they fuse.
     decode_args = {"num_cpus": 1, "memory": config.run.decode_memory_mb * 2**20}
+    if config.run.decode_resources:
+        decode_args["resources"] = _declared(dict(config.run.decode_resources), resources)
     if config.run.num_decoders:
         decode_args["compute"] = ray.data.TaskPoolStrategy(size=config.run.num_decoders)
     ds = ray.data.read_datasource(VideoSource(todo, sizes), override_num_blocks=len(sizes), **decode_args)
@@ -111,6 +116,16 @@ def build_dataset(todo: Corpus, config: Config):
         ClipEmbedder, fn_constructor_kwargs={"config": config.to_dict()},
         batch_size=config.run.batch_size or (4 if gpus else 1),
         compute=ray.data.ActorPoolStrategy(size=actors), **infer_args)   # Ray restarts dead actors, retries batches
+
+
+def _declared(wanted: dict, available: dict) -> dict:
+    """`wanted` custom resources; warns when no node declares one yet (an autoscaling cluster will
+    start such a node if one of its node types declares it; otherwise decoding would wait forever)."""
+    missing = sorted(name for name in wanted if name not in available)
+    if missing:
+        log.warning("run.decode_resources asks for %s, which no running node declares (the cluster has %s): "
+                    "decoding waits until a node declaring it joins (see cluster.yaml)", missing, sorted(available))
+    return wanted
 
 
 def inference_resources(gpus: int, cpus: float, actors: int) -> dict:

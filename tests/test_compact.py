@@ -1,0 +1,135 @@
+"""Compaction: small committed parts merged into large files, atomically and ledger-aware.
+
+`vidfeat compact` is SIGKILLed at every step (merged files published / compaction record / replaced files
+deleted / fold index / fold records); after each kill, readers see every video exactly once with the
+same numbers, and a second compaction finishes the job. A reader running in a loop during a compaction
+never sees a video twice or misses one.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from pipeline.commit import write_part
+from pipeline.compact import compact, plan
+from pipeline.features import load_clips, load_videos
+from pipeline.ledger import Ledger
+from pipeline.verify import verify
+
+from conftest import run_cli
+
+PROV = {"checkpoint_sha256": "x", "preset": "tiny", "sampling": "4x8@30fps", "preprocessing": "p", "decode": "d",
+        "fingerprint": "f", "schema_version": 1, "code_version": "0", "run_id": "r"}
+PARTS, PER_PART, D, C = 24, 4, 16, 5
+
+
+def build_output(out: str, parts: int = PARTS) -> None:
+    """`parts` committed parts of PER_PART videos (1–4 clips each, random numbers), every 5th with a failure."""
+    rng = np.random.default_rng(1)
+    ledger = Ledger(out)
+    for p in range(parts):
+        videos, clips = [], {}
+        for i in range(PER_PART):
+            vid, n = f"p{p:02d}v{i}", 1 + (p + i) % 4
+            clips[vid] = [{"video_id": vid, "clip_index": k, "start_s": k * 1.0, "end_s": k + 1.0, "valid_frames": 4,
+                           "frame_indices": np.arange(4) + 4 * k, "embedding": rng.random(D, np.float32),
+                           "logits": rng.random(C, np.float32)} for k in range(n)]
+            videos.append({"video_id": vid, "uri": f"/{vid}.mp4", "num_clips": n, "duration_s": n * 1.0,
+                           "embedding": rng.random(D, np.float32), "logits": rng.random(C, np.float32),
+                           "probs": rng.random(C, np.float32), **PROV, "run_id": f"run{p // 8}"})
+        failures = [{"video_id": f"bad{p}", "uri": "/bad", "stage": "decode", "error": "corrupt: x",
+                     "run_id": "r"}] if p % 5 == 0 else []
+        part = f"part-run{p // 8}-{p:05d}"
+        write_part(ledger, part, videos, clips, failures, {**PROV, "run_id": f"run{p // 8}"})
+        ledger.record(part, [v["video_id"] for v in videos], failures)
+
+
+def snapshot(out: str) -> dict:
+    """What readers see: ids, numbers, clip layout (Parquet and HDF5)."""
+    videos, clips = load_videos(out, fields=("embedding", "probs")), load_clips(out, source="hdf5")
+    h5 = load_videos(out, source="hdf5", fields=("embedding",))
+    assert videos.ids == h5.ids and len(set(videos.ids)) == len(videos.ids)
+    return {"ids": videos.ids, "embedding": videos.embedding, "probs": videos.probs, "offset": clips.offset,
+            "clips": clips.embedding, "clip_index": clips.clip_index}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["ids"] == b["ids"]
+    for key in ("embedding", "probs", "offset", "clips", "clip_index"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def live_files(out: str, sub: str) -> list[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(f"{out}/{sub}/*"))
+
+
+@pytest.fixture()
+def output(tmp_path):
+    out = str(tmp_path / "out")
+    build_output(out)
+    return out
+
+
+def test_compaction_merges_parts_into_few_files_with_the_same_rows(output):
+    before, failures = snapshot(output), Ledger(output).load().failed
+    report = compact(output, target_mb=1)
+    assert report.files_before == {"videos": PARTS, "clips": PARTS, "hdf5": PARTS, "failures": 5}
+    assert report.files_after == {"videos": 1, "clips": 1, "hdf5": 1, "failures": 1}
+    assert_same(before, snapshot(output))
+    assert Ledger(output).load().failed == failures and verify(output)["ok"]
+    assert live_files(output, "videos") == [f"{name}.parquet" for name in sorted(Ledger(output).load().segments)]
+    assert live_files(output, "videos")[0].startswith("part-run0-00000-c")
+
+
+def test_plan_merges_runs_of_small_segments_only():
+    sizes = {"a": 10, "b": 10, "big": 100, "c": 10, "d": 50, "e": 45, "f": 5, "g": 1}
+    assert plan(sizes, target=60) == [["a", "b"], ["c", "d"], ["e", "f", "g"]]
+    assert plan({"a": 10}, target=60) == [] and plan({"a": 70, "b": 70}, target=60) == []
+
+
+@pytest.mark.parametrize("point", ["compact.data@1", "compact.record@1", "compact.delete@1", "compact.data@2",
+                                   "compact.record@2", "fold.index", "fold.records"])
+def test_compaction_killed_at_any_step_loses_and_duplicates_nothing(output, point):
+    before = snapshot(output)
+    killed = run_cli("compact", output, "--target-mb", "0.04", env_extra={"VIDFEAT_FAILPOINTS": point})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert_same(before, snapshot(output))
+    assert verify(output)["ok"], verify(output)["problems"]
+    finished = run_cli("compact", output, "--target-mb", "1")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert_same(before, snapshot(output))
+    segments = sorted(Ledger(output).load().segments)
+    assert len(segments) == 1
+    for sub, ext in (("videos", "parquet"), ("clips", "parquet"), ("hdf5", "h5")):
+        assert live_files(output, sub) == [f"{segments[0]}.{ext}"], sub        # leftovers collected
+
+
+def test_a_reader_during_compaction_sees_every_video_exactly_once(output):
+    before = snapshot(output)
+    seen, errors, stop = [], [], threading.Event()
+
+    def read_in_a_loop():
+        while not stop.is_set():
+            try:
+                assert_same(before, snapshot(output))
+                seen.append(1)
+            except Exception as exc:                         # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+                return
+
+    reader = threading.Thread(target=read_in_a_loop)
+    reader.start()
+    for target_mb in ("0.04", "1"):                         # six merges of four parts, then one of all
+        merge = subprocess.run([sys.executable, "-m", "pipeline", "compact", output, "--target-mb", target_mb],
+                               capture_output=True, text=True, timeout=300)
+        assert merge.returncode == 0, merge.stderr[-2000:]
+    stop.set()
+    reader.join(timeout=120)
+    assert not errors, errors[:3]
+    assert len(seen) >= 2
