@@ -70,9 +70,9 @@ def cpu_seconds(pids: list[int] = ()) -> float:
 
 
 def worker_pids() -> list[int]:
-    from pipeline import decode
+    from pipeline.decode.worker import POOL
 
-    return decode._POOL.pids()
+    return POOL.pids()
 
 
 def timed(fn, pids) -> tuple[float, float]:
@@ -168,8 +168,8 @@ def hwm(pid="self"):  # peak RSS of this address space (ru_maxrss would include 
 base = hwm()
 cfg = Config().replace(decode={"timeout_s": float(sys.argv[2])})
 n = sum(1 for _ in decode_clips(sys.argv[1], cfg))
-from pipeline import decode
-print(n, hwm(), max([hwm(pid) for pid in decode._POOL.pids()] + [0]), base)
+from pipeline.decode.worker import POOL
+print(n, hwm(), max([hwm(pid) for pid in POOL.pids()] + [0]), base)
 """
 
 
