@@ -45,6 +45,7 @@ from pipeline.decode.pyav import pyav_clips
 from pipeline.decode.source import local_copy
 from pipeline.decode.worker import decode_in_worker
 from pipeline.errors import ConfigError, DecodeError
+from pipeline.transforms import FRAME_DTYPES
 
 __all__ = ["decode_clips", "probe_video", "decode_local", "local_copy", "upright", "Clip", "VideoInfo",
            "DecodeError", "BACKENDS", "MODES"]
@@ -63,7 +64,7 @@ def decode_clips(uri: str, config: Config | None = None, *, video_id: str | None
     """
     config = config or Config()
     video = video_id or uri
-    _check_decode_config(config.decode)
+    _check_config(config)
     with local_copy(uri, video) as path:
         if config.decode.timeout_s > 0:
             yield from decode_in_worker(path, config, video)
@@ -89,6 +90,13 @@ def decode_local(path: str, config: Config, video: str, progress: Callable[[], N
         yield from decord_clips(path, info, plan, config, video, progress)
     else:
         yield from pyav_clips(path, info, plan, config, video, progress)
+
+
+def _check_config(config: Config) -> None:
+    _check_decode_config(config.decode)
+    if config.preprocess.frame_dtype not in FRAME_DTYPES:
+        raise ConfigError(f"preprocess.frame_dtype must be one of {tuple(FRAME_DTYPES)}, "
+                          f"got {config.preprocess.frame_dtype!r}")
 
 
 def _check_decode_config(d: DecodeConfig) -> None:

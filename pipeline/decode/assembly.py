@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline import bilinear
 from pipeline.clips import ClipSpec
 from pipeline.config import Config
-from pipeline.transforms import resize_short_side
+from pipeline.transforms import FRAME_DTYPES, resized_shape
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 class Clip:
     """One decoded clip, ready for `pipeline.transforms.to_model_input`.
 
-    frames:        uint8 [num_frames, H, W, 3] RGB, short side = preprocess.size, upright.
+    frames:        [num_frames, H, W, 3] RGB, short side = preprocess.size, upright; uint8, or float32
+                   (0…255, unrounded) when preprocess.frame_dtype is "float32".
     frame_indices: source frame used for each sample (may differ from the plan by ≤ max_snap in fast
                    mode, or where a frame could not be decoded).
     sample_times, start_s, end_s, valid_frames: as in `pipeline.clips.ClipSpec` (seconds).
@@ -48,7 +50,8 @@ class Assembler:
 
     Each sample targets a source frame; `offer(j, frame)` resolves every pending target ≤ j to the nearer
     of the previous decoded frame and frame j, if within `max_snap` frames (else raises `Missing`).
-    Frames are converted to RGB, rotated and resized only when a sample uses them.
+    Frames are converted to RGB, rotated and resized only when a sample uses them, straight into the
+    clip's buffer.
     """
 
     def __init__(self, plan: list[ClipSpec], start: int, config: Config, video: str, rotation: int,
@@ -62,6 +65,8 @@ class Assembler:
         self.buffer: np.ndarray | None = None
         self.used: list[int] = []
         self.shape: tuple[int, ...] | None = None      # frame shape of the whole video (the first one's)
+        self.dtype = FRAME_DTYPES[config.preprocess.frame_dtype]
+        self.reformatter = None                         # one swscale context for all frames (PyAV frames)
 
     def wanted(self) -> set[int]:
         """Source frames the plan asks for from here on."""
@@ -98,21 +103,41 @@ class Assembler:
 
     def _store(self, k: int, j: int, frame) -> None:
         if self.converted is None or self.converted[0] != j:
-            self.converted = (j, self._convert(frame))
-        rgb = self.converted[1]
-        if self.buffer is None:
-            self.shape = self.shape or rgb.shape
-            self.buffer = np.empty((self.config.sampling.num_frames, *self.shape), dtype=np.uint8)
-        self.buffer[k] = rgb
+            rgb = upright(self._rgb(frame)[None], self.rotation)[0]
+            self.shape = self.shape or (*resized_shape(*rgb.shape[:2], self.config.preprocess.size), 3)
+            self.converted = (j, self._resize(rgb, self._buffer()[k]))
+        else:
+            self._buffer()[k] = self.converted[1]
         self.used.append(j)
 
-    def _convert(self, frame) -> np.ndarray:
-        rgb = frame if isinstance(frame, np.ndarray) else frame.to_ndarray(format="rgb24")
-        out = resize_short_side(upright(rgb[None], self.rotation), self.config.preprocess.size)[0]
-        if self.shape is not None and out.shape != self.shape:
-            log.warning("%s: frame size changes mid-stream; fitting %s to %s", self.video, out.shape, self.shape)
-            out = _fit(out, self.shape)
-        return out
+    def _buffer(self) -> np.ndarray:
+        if self.buffer is None:
+            self.buffer = np.empty((self.config.sampling.num_frames, *self.shape), self.dtype)
+        return self.buffer
+
+    def _rgb(self, frame) -> np.ndarray:
+        """uint8 [H, W, 3] RGB (decord frames are RGB already). PyAV frames are converted to rgb24 as the
+        official code does (not RGBA: swscale's RGBA path differs from its RGB one at the right edge of
+        frames whose width is not a multiple of 16), through one swscale context kept for all frames."""
+        if isinstance(frame, np.ndarray):
+            return frame
+        if self.reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self.reformatter = VideoReformatter()
+        return self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+    def _resize(self, rgb: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """`rgb` resized (short side to preprocess.size) into `out`, a frame of the clip; returns `out`."""
+        h, w = resized_shape(rgb.shape[0], rgb.shape[1], self.config.preprocess.size)
+        if (h, w) != out.shape[:2]:
+            log.warning("%s: frame size changes mid-stream; fitting %s to %s", self.video, (h, w, 3), self.shape)
+            rgb = bilinear.resize(rgb, h, w) if (h, w) != rgb.shape[:2] else np.ascontiguousarray(rgb[..., :3])
+            h, w = out.shape[:2]
+        if (h, w) == rgb.shape[:2]:
+            out[...] = rgb[..., :3]
+            return out
+        return bilinear.resize(rgb, h, w, out=out)
 
     def _emit(self, index: int) -> Clip:
         spec = self.plan[index]
@@ -120,16 +145,6 @@ class Assembler:
                     spec.end_s, spec.valid_frames)
         self.buffer, self.used = None, []
         return clip
-
-
-def _fit(rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """One uint8 frame [H, W, 3] scaled to exactly `shape` (same bilinear as the resize)."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-    y = F.interpolate(x, size=shape[:2], mode="bilinear", align_corners=False, antialias=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
 
 
 def upright(frames: np.ndarray, rotation: int) -> np.ndarray:

@@ -14,11 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def init() -> None:
-    """Run once in each decode worker, before it takes jobs: the imports, one thread for torch."""
+    """Run once in each decode worker, before it takes jobs: the imports (no torch: a worker holds
+    tens of MB and starts in a fraction of a second), FFmpeg's log level."""
     import av
-    import torch
 
-    torch.set_num_threads(1)
+    import pipeline.decode  # noqa: F401 - everything a job needs, before the worker reports ready
+
     av.logging.set_level(av.logging.ERROR)
 
 
