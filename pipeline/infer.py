@@ -86,7 +86,8 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def embed(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [B, crops, T, S, S, 3] → (embedding [B, D], logits [B, C]) averaged over crops, float32."""
+        """Frames [B, crops, T, S, S, 3] (uint8, or float32 0…255 with `preprocess.frame_dtype` "float32")
+        → (embedding [B, D], logits [B, C]) averaged over crops, float32."""
         b, crops = frames.shape[:2]
         x = torch.from_numpy(frames).to(self.device, non_blocking=True).flatten(0, 1)
         x = to_model_input(x, self.preprocess)

@@ -3,6 +3,7 @@ fails on a file PyAV could probe, the rest of the video is decoded with PyAV in 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -51,12 +52,30 @@ def _decord_plan(reader, index_map, info, plan, config, video, progress) -> Iter
 
 
 def _decord_reader(path: str, threads: int):
-    import decord
-
+    decord = import_decord()
     try:
         return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
     except Exception as exc:  # decord raises its own DECORDError and RuntimeError alike
         raise _DecordFailed(f"cannot open: {exc}") from exc
+
+
+def import_decord():
+    """The `decord` module (decord2, or decord 0.6), without decord2's preloading of every CUDA library
+    of the environment's `nvidia` pip packages (which torch's CUDA wheels install): that costs ~800 MB
+    of RSS in each decode worker, and CPU decoding needs none of it. decord2 skips the preloading when
+    it cannot find the `nvidia` package, so the package is hidden while decord is imported (unless this
+    process already imported it)."""
+    if "decord" in sys.modules:
+        return sys.modules["decord"]
+    hide = "nvidia" not in sys.modules
+    if hide:
+        sys.modules["nvidia"] = None               # importlib.util.find_spec("nvidia") now fails
+    try:
+        import decord
+    finally:
+        if hide:
+            sys.modules.pop("nvidia", None)
+    return decord
 
 
 def _decord_index_map(reader, info: VideoInfo, video: str) -> np.ndarray:

@@ -126,7 +126,7 @@ def _decoded_frames(container, stream, ctx, info, wanted_pts, gops, video, progr
     with `gops` (a `GopFilter`), packets it does not keep are not decoded at all."""
     import av
 
-    timeline, skipping = _Timeline(info), True
+    counter, skipping = 0, True
     for packet in _packets(container, stream, video):
         progress()
         if gops is not None and packet is not None and not gops.keep(packet.pts):
@@ -140,7 +140,8 @@ def _decoded_frames(container, stream, ctx, info, wanted_pts, gops, video, progr
             log.debug("%s: decode error (skipped): %s", video, exc)
             continue
         for frame in frames:
-            index = timeline.index(frame.pts)
+            index = _frame_index(frame, info, counter)
+            counter += 1
             if index is not None:
                 yield index, frame
 
@@ -159,20 +160,9 @@ def _packets(container, stream, video):
     yield None
 
 
-class _Timeline:
-    """The index of each decoded frame in the probed timeline, from its pts (None: not in it, e.g. past
-    a truncation); without pts, frames are counted. Frames come in presentation order, so the one after
-    the previous frame is tried before a search."""
-
-    def __init__(self, info: VideoInfo):
-        self.pts = info.pts
-        self.next = 0
-
-    def index(self, pts: int | None) -> int | None:
-        i = self.next
-        if self.pts is not None and not (i < len(self.pts) and self.pts[i] == pts):
-            i = int(np.searchsorted(self.pts, pts)) if pts is not None else len(self.pts)
-            if i >= len(self.pts) or self.pts[i] != pts:
-                return None
-        self.next = i + 1
-        return i
+def _frame_index(frame, info: VideoInfo, counter: int) -> int | None:
+    """The frame's index in the probed timeline (None: not in it, e.g. past a truncation)."""
+    if info.pts is None:
+        return counter
+    i = int(info.pts.searchsorted(frame.pts)) if frame.pts is not None else len(info.pts)
+    return i if i < len(info.pts) and info.pts[i] == frame.pts else None
