@@ -10,6 +10,7 @@ checksum of the first clip (a sanity check that a peer returned pixels, not a cl
 
 Peers (one thread each):
   ours          `pipeline.decode.decode_clips` with the default config (exact mode, in its worker)
+  ours_float32  the same with `preprocess.frame_dtype: float32` (exact preprocessing; not a peer)
   torchcodec    `VideoDecoder(seek_mode="exact", num_ffmpeg_threads=1)` + its decoder-side `Resize`
   decord        `VideoReader(width, height, num_threads=1).get_batch` (decord 0.6 or decord2: whichever
                 `decord` is first on PYTHONPATH; the orchestrator points it at one install at a time)
@@ -47,6 +48,14 @@ def ours(path, clips, size):
     from pipeline.decode import decode_clips
 
     for clip in decode_clips(path):
+        yield clip.frames
+
+
+def ours_float32(path, clips, size):
+    from pipeline.config import Config
+    from pipeline.decode import decode_clips
+
+    for clip in decode_clips(path, Config().replace(preprocess={"frame_dtype": "float32"})):
         yield clip.frames
 
 
@@ -94,7 +103,7 @@ def pyav_official(path, clips, size):
         yield y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-PEERS = {"ours": (ours, ours_pids), "torchcodec": (torchcodec, list), "decord": (decord, list),
+PEERS = {"ours": (ours, ours_pids), "ours_float32": (ours_float32, ours_pids), "torchcodec": (torchcodec, list), "decord": (decord, list),
          "pyav_official": (pyav_official, list)}
 
 
@@ -106,12 +115,14 @@ def version(name: str) -> str:
         import decord as dec
 
         return f"{os.path.basename(os.path.dirname(os.path.dirname(dec.__file__)))}: decord {dec.__version__}"
-    package = {"ours": "av", "pyav_official": "av"}.get(name, name)
+    package = {"ours": "av", "ours_float32": "av", "pyav_official": "av"}.get(name, name)
     return importlib.metadata.version(package) if package != "av" else f"PyAV {importlib.metadata.version('av')}"
 
 
 def serve(name: str) -> None:
     fn, pids = PEERS[name]
+    if os.environ.get("BENCH_CPU"):                 # one core for the whole case (its threads, our worker)
+        os.sched_setaffinity(0, {int(os.environ["BENCH_CPU"])})
     if name == "pyav_official":
         import torch
 

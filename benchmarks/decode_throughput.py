@@ -14,7 +14,8 @@ official-style PyAV decode (`decode_peers.py` says what each does), and the fait
 CLI decoding to `-f null`: with `-skip_frame noref` for H.264/HEVC with B-frames (every reference frame,
 none of the others: a decoder that returns the sampled B-frames cannot do less), a full decode otherwise.
 Peers run in their own processes (decord and decord2 share an import name: each gets its own
-PYTHONPATH entry, `--peer-path NAME=DIR`; a peer whose package is missing is skipped). Rounds are
+PYTHONPATH entry, `--peer-path NAME=DIR`; a peer whose package is missing is skipped), every case pinned
+to one core (`--cpu`; torchcodec's resize filter runs threads of its own otherwise). Rounds are
 interleaved (every case once per class per round, so a slow spell of the machine hits all alike); the
 table gives the median wall seconds per video, and ours against the fastest peer and the limit.
 """
@@ -52,7 +53,8 @@ CLASSES = {   # name: (label, file name, ffmpeg encoder arguments, limit's skip_
             ["-c:v", "libvpx-vp9", "-g", "120", "-crf", "34", "-b:v", "0", "-deadline", "good",
              "-cpu-used", "5", "-row-mt", "1"], None),
 }
-PEERS = ("ours", "torchcodec", "decord", "decord2", "pyav_official")
+PEERS = ("ours", "torchcodec", "decord", "decord2", "pyav_official", "ours_float32")   # the last only on request
+OURS = ("ours", "ours_float32")
 
 
 def make_video(workdir: str, name: str, seconds: float) -> str:
@@ -100,9 +102,10 @@ class Peer:
 def ffmpeg_limit(path: str, skip: str | None) -> dict:
     cmd = ["ffmpeg", "-v", "error", "-threads", "1", *(["-skip_frame", skip] if skip else []), "-i", path,
            "-f", "null", "-"]
+    cpu = os.environ.get("BENCH_CPU")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, preexec_fn=(lambda: os.sched_setaffinity(0, {int(cpu)})) if cpu else None)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"wall_s": wall, "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
@@ -160,7 +163,7 @@ def summarise(runs: dict) -> dict:
         med = {n: {"wall_s": statistics.median(x["wall_s"] for x in v),
                    "cpu_s": statistics.median(x["cpu_s"] for x in v),
                    "walls": [round(x["wall_s"], 3) for x in v]} for n, v in cases.items()}
-        peers = {n: m["wall_s"] for n, m in med.items() if n not in ("ours", "limit")}
+        peers = {n: m["wall_s"] for n, m in med.items() if n not in (*OURS, "limit")}
         fastest = min(peers, key=peers.get) if peers else None
         out[c] = {"median": med, "fastest_peer": fastest,
                   "ours_vs_fastest_peer": med["ours"]["wall_s"] / peers[fastest] if fastest else None,
@@ -187,11 +190,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--classes", default=",".join(CLASSES))
-    ap.add_argument("--peers", default=",".join(PEERS), help="which peers to run (ours always runs)")
+    ap.add_argument("--peers", default=",".join(PEERS[:-1]),
+                    help="which peers to run (ours always runs; ours_float32: our exact-preprocessing setting)")
     ap.add_argument("--peer-path", action="append", default=[], metavar="NAME=DIR",
                     help="PYTHONPATH entry for one peer, e.g. decord=/opt/decord06 decord2=/opt/decord2")
+    ap.add_argument("--cpu", type=int, default=os.cpu_count() - 1,
+                    help="the core every case is pinned to (-1: none); torchcodec's filters and decord "
+                         "start threads of their own, one core keeps 'one thread each' true")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
+    if args.cpu >= 0:
+        os.environ["BENCH_CPU"] = str(args.cpu)     # read by the peers and the limit
     os.makedirs(args.workdir, exist_ok=True)
     classes = args.classes.split(",")
     videos = {c: make_video(args.workdir, c, args.seconds) for c in classes}

@@ -74,7 +74,7 @@ class GopFilter:
         self.gop_at = {int(p): g for g, p in enumerate(restarts.tolist(), start=1)}   # pts → GOP number
         self.needed = set(needed_pts.tolist())
         gop = np.searchsorted(restarts, needed_pts, side="right")      # 0: before the first restart point
-        self.remaining = np.bincount(gop, minlength=len(restarts) + 1)
+        self.remaining = np.bincount(gop, minlength=len(restarts) + 1).tolist()   # Python ints: per packet
         self.gop = 0
         self.dropping = False
         self.dropped = 0
