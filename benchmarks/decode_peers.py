@@ -12,6 +12,7 @@ Peers (one thread each):
   ours          `pipeline.decode.decode_clips` with the default config (exact mode, in its worker)
   ours_float32  the same with `preprocess.frame_dtype: float32` (exact preprocessing; not a peer)
   torchcodec    `VideoDecoder(seek_mode="exact", num_ffmpeg_threads=1)` + its decoder-side `Resize`
+  torchcodec_torch  the same decoder at full size, then torch's bilinear (official pixels, like ours)
   decord        `VideoReader(width, height, num_threads=1).get_batch` (decord 0.6 or decord2: whichever
                 `decord` is first on PYTHONPATH; the orchestrator points it at one install at a time)
   pyav_official the official TimeSformer way: decode every frame, convert every frame to RGB, then keep
@@ -75,6 +76,26 @@ def torchcodec(path, clips, size):
         yield decoder.get_frames_at(indices).data.numpy()
 
 
+def torchcodec_torch(path, clips, size):
+    """torchcodec decoding full-size RGB, then the official resize (torch, float, bilinear): the same
+    pixels as ours and the official code's."""
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
+    for indices in clips:
+        yield official_resize(decoder.get_frames_at(indices).data.numpy(), size)
+
+
+def official_resize(frames: np.ndarray, size) -> np.ndarray:
+    """uint8 [T, H, W, 3] → [T, size, 3] with torch's bilinear, float, rounded (the official resize)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def decord(path, clips, size):
     import decord as dec
 
@@ -85,10 +106,8 @@ def decord(path, clips, size):
 
 def pyav_official(path, clips, size):
     import av
-    import torch
-    import torch.nn.functional as F
 
-    wanted = [i for c in clips for i in c]
+    wanted = {i for c in clips for i in c}
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
@@ -98,12 +117,11 @@ def pyav_official(path, clips, size):
             if n in wanted:
                 frames[n] = rgb
     for indices in clips:
-        x = torch.from_numpy(np.stack([frames[i] for i in indices])).permute(0, 3, 1, 2).float()
-        y = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-        yield y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        yield official_resize(np.stack([frames[i] for i in indices]), size)
 
 
-PEERS = {"ours": (ours, ours_pids), "ours_float32": (ours_float32, ours_pids), "torchcodec": (torchcodec, list), "decord": (decord, list),
+PEERS = {"ours": (ours, ours_pids), "ours_float32": (ours_float32, ours_pids), "torchcodec": (torchcodec, list),
+         "torchcodec_torch": (torchcodec_torch, list), "decord": (decord, list),
          "pyav_official": (pyav_official, list)}
 
 
@@ -115,7 +133,8 @@ def version(name: str) -> str:
         import decord as dec
 
         return f"{os.path.basename(os.path.dirname(os.path.dirname(dec.__file__)))}: decord {dec.__version__}"
-    package = {"ours": "av", "ours_float32": "av", "pyav_official": "av"}.get(name, name)
+    package = {"ours": "av", "ours_float32": "av", "pyav_official": "av",
+               "torchcodec_torch": "torchcodec"}.get(name, name)
     return importlib.metadata.version(package) if package != "av" else f"PyAV {importlib.metadata.version('av')}"
 
 
@@ -123,7 +142,7 @@ def serve(name: str) -> None:
     fn, pids = PEERS[name]
     if os.environ.get("BENCH_CPU"):                 # one core for the whole case (its threads, our worker)
         os.sched_setaffinity(0, {int(os.environ["BENCH_CPU"])})
-    if name == "pyav_official":
+    if name in ("pyav_official", "torchcodec_torch"):
         import torch
 
         torch.set_num_threads(1)

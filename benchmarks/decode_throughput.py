@@ -53,8 +53,10 @@ CLASSES = {   # name: (label, file name, ffmpeg encoder arguments, limit's skip_
             ["-c:v", "libvpx-vp9", "-g", "120", "-crf", "34", "-b:v", "0", "-deadline", "good",
              "-cpu-used", "5", "-row-mt", "1"], None),
 }
-PEERS = ("ours", "torchcodec", "decord", "decord2", "pyav_official", "ours_float32")   # the last only on request
+PEERS = ("ours", "torchcodec", "torchcodec_torch", "decord", "decord2", "pyav_official",
+         "ours_float32")   # the last only on request
 OURS = ("ours", "ours_float32")
+OFFICIAL_PIXELS = ("pyav_official", "torchcodec_torch")   # peers that resize with torch, as ours does
 
 
 def make_video(workdir: str, name: str, seconds: float) -> str:
@@ -118,7 +120,8 @@ def request_for(path: str, config: Config) -> dict:
             "size": list(resized_shape(info.height, info.width, config.preprocess.size))}
 
 
-IMPORTS = {"torchcodec": "torchcodec", "decord": "decord", "decord2": "decord"}   # peer → module it needs
+IMPORTS = {"torchcodec": "torchcodec", "torchcodec_torch": "torchcodec", "decord": "decord",
+           "decord2": "decord"}                     # peer → module it needs
 
 
 def importable(module: str, entry: str | None) -> bool:
@@ -131,7 +134,7 @@ def start_peers(paths: dict[str, str], wanted: set[str]) -> dict[str, Peer]:
     (decord2 runs only from its own entry: it has decord's import name)."""
     peers = {}
     for name in (n for n in PEERS if n in wanted):
-        entry = paths.get(name)
+        entry = paths.get(name) or (paths.get("torchcodec") if name == "torchcodec_torch" else None)
         if name in IMPORTS and (not importable(IMPORTS[name], entry) or (name == "decord2" and not entry)):
             print(f"skipping {name}: not importable (give --peer-path {name}=DIR)")
             continue
@@ -165,7 +168,9 @@ def summarise(runs: dict) -> dict:
                    "walls": [round(x["wall_s"], 3) for x in v]} for n, v in cases.items()}
         peers = {n: m["wall_s"] for n, m in med.items() if n not in (*OURS, "limit")}
         fastest = min(peers, key=peers.get) if peers else None
+        sums = {n: v[0].get("checksum") for n, v in cases.items() if n in ("ours", *OFFICIAL_PIXELS)}
         out[c] = {"median": med, "fastest_peer": fastest,
+                  "first_clip_identical_to_official": len(set(sums.values())) == 1 if len(sums) > 1 else None,
                   "ours_vs_fastest_peer": med["ours"]["wall_s"] / peers[fastest] if fastest else None,
                   "ours_vs_limit": med["ours"]["wall_s"] / med["limit"]["wall_s"],
                   "ours_cpu_vs_limit_cpu": med["ours"]["cpu_s"] / med["limit"]["cpu_s"]}
@@ -175,13 +180,15 @@ def summarise(runs: dict) -> dict:
 def print_table(summary: dict, peers: dict[str, Peer]) -> None:
     print("\npeers: " + ", ".join(f"{n} {p.version}" for n, p in peers.items()))
     cols = [n for n in (*PEERS, "limit") if n in peers or n == "limit"]
-    print("\n| encode class | " + " | ".join(cols) + " | ours ÷ fastest peer | ours ÷ limit (wall, CPU) |")
-    print("|---|" + "---|" * (len(cols) + 2))
+    print("\n| encode class | " + " | ".join(cols) + " | ours ÷ fastest peer | ours ÷ limit (wall, CPU) | "
+          "first clip = official pixels |")
+    print("|---|" + "---|" * (len(cols) + 3))
     for c, s in summary.items():
         cells = [f"{s['median'][n]['wall_s']:.2f}" if n in s["median"] else "–" for n in cols]
         peer = f"{s['ours_vs_fastest_peer']:.2f}× ({s['fastest_peer']})" if s["fastest_peer"] else "–"
+        same = {True: "yes", False: "NO", None: "–"}[s["first_clip_identical_to_official"]]
         print(f"| {CLASSES[c][0]} | " + " | ".join(cells) + f" | {peer} | {s['ours_vs_limit']:.2f}×, "
-              f"{s['ours_cpu_vs_limit_cpu']:.2f}× |")
+              f"{s['ours_cpu_vs_limit_cpu']:.2f}× | {same} |")
 
 
 def main() -> None:

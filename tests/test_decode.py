@@ -134,6 +134,20 @@ def test_fast_mode_falls_back_when_no_reference_frame_is_close(videos):
         assert max(abs(a - b) for a, b in zip(clip.frame_indices, spec.frame_indices)) <= 1
 
 
+def test_the_decode_side_never_loads_torch(videos):
+    """What the Ray decode stage imports (config, decode, transforms, errors, faults) and its watchdog
+    worker stay without torch: a decode slot holds tens of MB, not the ~700 MB torch costs."""
+    code = ("import sys\n"
+            "import pipeline.config, pipeline.decode, pipeline.errors, pipeline.faults, pipeline.transforms\n"
+            "from pipeline.decode.worker import POOL\n"
+            "from pipeline.config import Config\n"
+            "clips = list(pipeline.decode.decode_clips(sys.argv[1], Config.from_preset('tiny')))\n"
+            "maps = open(f'/proc/{POOL.pids()[0]}/maps').read()\n"
+            "print(len(clips), 'torch' in sys.modules, 'libtorch' in maps)")
+    out = subprocess.run([sys.executable, "-c", code, videos["pal"]], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[1:] == ["False", "False"] and int(out.stdout.split()[0]) > 0
+
+
 def test_the_decord_backend_loads_no_cuda_library():
     """decord2 preloads every CUDA library of the environment's `nvidia` pip packages at import (~800 MB
     of RSS per decode worker where torch's CUDA wheels are installed); the backend imports it without."""
