@@ -33,6 +33,7 @@ from pipeline.model import checkpoint_sha256, get_preset
 from pipeline.sinks import publish_bytes, publish_file
 from pipeline.sinks import hdf5 as hdf5_sink
 from pipeline.sinks import parquet as parquet_sink
+from pipeline.transforms import FRAME_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,8 @@ def _failure_batch(vid: str, uri: str, stage: str, error: str, cfg: Config) -> d
         "video_id": np.array([vid]), "uri": np.array([uri]), "clip_index": np.array([-1], np.int32),
         "last": np.array([True]), "start_s": np.array([0.0]), "end_s": np.array([0.0]),
         "valid_frames": np.array([0], np.int32), "frame_indices": np.zeros((1, t), np.int64),
-        "frames": np.zeros((1, 0, t, 0, 0, 3), np.uint8), "error": np.array([error]), "stage": np.array([stage]),
+        "frames": np.zeros((1, 0, t, 0, 0, 3), FRAME_DTYPES.get(cfg.preprocess.frame_dtype, np.uint8)),   # as clips
+        "error": np.array([error]), "stage": np.array([stage]),
         "decode_s": np.array([0.0]),
     }
 

@@ -1,8 +1,9 @@
 """Decode the planned frames of a video, one clip at a time, behind a watchdog.
 
 `decode_clips(uri, config)` yields `Clip`s: uint8 RGB frames [T, H, W, 3] whose short side is already
-`config.preprocess.size` (torch bilinear, `pipeline.transforms.resize_short_side`), upright (the display
-rotation of phone videos is applied), not cropped, not normalised; plus the source frames actually used
+`config.preprocess.size` (torch's bilinear, computed without torch by `pipeline.bilinear`), upright (the
+display rotation of phone videos is applied), not cropped, not normalised (float32 and unrounded instead
+with `preprocess.frame_dtype: float32`); plus the source frames actually used
 and the clip's time span. Memory does not grow with the video: frames are converted and resized only when
 a sample needs them, and at most a few clips are in flight.
 
