@@ -1,16 +1,23 @@
-"""Decode throughput and memory of `pipeline.decode` against decord and the ffmpeg CLI (run by hand).
+"""Decode throughput of `pipeline.decode` against today's peers and the faithful limit (run by hand).
 
-    python benchmarks/decode_throughput.py [--workdir DIR] [--minutes 3] [--hours 3] [--skip-long]
+    python benchmarks/decode_throughput.py [--seconds 120] [--rounds 3] [--classes baseline,main,...]
+        [--peer-path decord=/dir/with/decord06 --peer-path decord2=/dir/with/decord2 ...] [--json PATH]
 
-Generates 640×360 H.264 test videos with B-frames (x264 defaults: 3 B-frames, b-pyramid, keyint 250) with
-the ffmpeg CLI, then reports for the default sampling (one frame every 32/30 s, short side to 224):
-  * sampled frames per wall second and video seconds per CPU second (one decoder thread everywhere),
-    best of `--rounds` interleaved rounds (every case once per round),
-  * for our default, exact and fast modes, in-process and through the watchdog worker,
-  * for decord `get_batch` on the same indices (decord resizing in its decoder to the same size),
-  * for `ffmpeg -skip_frame bidir|noref -f null -` and a full `ffmpeg -f null -` decode as limits,
-  * the peak RSS of decoding a short and a long video (the long one concatenated by stream copy).
-Results are printed as a Markdown table and as JSON (`--json PATH`).
+Per encode class (generated here with the ffmpeg CLI, 640×360 30 fps, moving test pattern plus noise):
+  baseline  x264 Baseline, keyint 60 (like YouTube 360p)
+  main      x264 Main, 2 B-frames (no pyramid), keyint 60
+  high      x264 High, 3 B-frames, b-pyramid, keyint 250 (x264's defaults)
+  vp9       VP9 (libvpx), keyint 120
+every case decodes the default sampling's frames (one every 32/30 s, short side to 224), one thread each:
+our default (in its worker, already started), torchcodec (exact seek), decord 0.6, decord2, the
+official-style PyAV decode (`decode_peers.py` says what each does), and the faithful limit, the ffmpeg
+CLI decoding to `-f null`: with `-skip_frame noref` for H.264/HEVC with B-frames (every reference frame,
+none of the others: a decoder that returns the sampled B-frames cannot do less), a full decode otherwise.
+Peers run in their own processes (decord and decord2 share an import name: each gets its own
+PYTHONPATH entry, `--peer-path NAME=DIR`; a peer whose package is missing is skipped), every case pinned
+to one core (`--cpu`; torchcodec's resize filter runs threads of its own otherwise). Rounds are
+interleaved (every case once per class per round, so a slow spell of the machine hits all alike); the
+table gives the median wall seconds per video, and ours against the fastest peer and the limit.
 """
 from __future__ import annotations
 
@@ -19,198 +26,206 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from pipeline.clips import plan_clips  # noqa: E402
 from pipeline.config import Config  # noqa: E402
-from pipeline.decode import decode_clips, probe_video  # noqa: E402
+from pipeline.decode import probe_video  # noqa: E402
+from pipeline.transforms import resized_shape  # noqa: E402
+
+CLASSES = {   # name: (label, file name, ffmpeg encoder arguments, limit's skip_frame)
+    "baseline": ("x264 Baseline, keyint 60", "baseline_g60.mp4",
+                 ["-c:v", "libx264", "-preset", "fast", "-crf", "23", "-profile:v", "baseline",
+                  "-x264-params", "keyint=60"], None),
+    "main": ("x264 Main, 2 B-frames, keyint 60", "main_b2_g60.mp4",
+             ["-c:v", "libx264", "-preset", "fast", "-crf", "23", "-profile:v", "main",
+              "-x264-params", "bframes=2:b-pyramid=none:keyint=60"], "noref"),
+    "high": ("x264 High, 3 B-frames b-pyramid, keyint 250", "high_b3pyr_g250.mp4",
+             ["-c:v", "libx264", "-preset", "fast", "-crf", "23", "-profile:v", "high",
+              "-x264-params", "bframes=3:b-pyramid=normal:keyint=250"], "noref"),
+    "vp9": ("VP9, keyint 120", "vp9_g120.webm",
+            ["-c:v", "libvpx-vp9", "-g", "120", "-crf", "34", "-b:v", "0", "-deadline", "good",
+             "-cpu-used", "5", "-row-mt", "1"], None),
+}
+PEERS = ("ours", "torchcodec", "torchcodec_torch", "decord", "decord2", "pyav_official",
+         "ours_float32")   # the last only on request
+OURS = ("ours", "ours_float32")
+OFFICIAL_PIXELS = ("pyav_official", "torchcodec_torch")   # peers that resize with torch, as ours does
 
 
-def make_video(path: str, seconds: float, bpyramid: str = "normal", keyint: int = 250) -> str:
-    """640×360 30 fps H.264 (x264 defaults, crf 23) of moving test pattern plus temporal noise.
-    `bpyramid` "normal" (x264's default: some B-frames are references) or "none"; `keyint` the longest
-    GOP (x264's default 250; streaming encodes often use 2 s, 60 frames)."""
+def make_video(workdir: str, name: str, seconds: float) -> str:
+    """The benchmark video of encode class `name`, `seconds` long (made once, then reused)."""
+    _, filename, encoder, _ = CLASSES[name]
+    return encode(os.path.join(workdir, f"{seconds:g}s_{filename}"), seconds, encoder)
+
+
+def encode(path: str, seconds: float, encoder: list[str] = CLASSES["high"][2]) -> str:
+    """640×360 30 fps moving test pattern plus temporal noise, encoded with `encoder` (ffmpeg CLI
+    arguments; default: x264's defaults), written atomically, skipped when `path` exists."""
     if not os.path.exists(path):
+        part = path + ".part" + os.path.splitext(path)[1]
         src = f"testsrc2=size=640x360:rate=30:duration={seconds},noise=alls=6:allf=t"
-        _run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", src, "-c:v", "libx264", "-preset", "fast",
-              "-crf", "23", "-x264-params", f"b-pyramid={bpyramid}:keyint={keyint}", "-pix_fmt", "yuv420p",
-              path])
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", src, *encoder, "-pix_fmt", "yuv420p",
+                        part], check=True)
+        os.replace(part, path)
     return path
 
 
-def make_long(short: str, path: str, copies: int) -> str:
-    """`copies` × `short` by stream-copy concatenation (cheap; timestamps continue)."""
-    if not os.path.exists(path):
-        listing = path + ".txt"
-        with open(listing, "w") as fh:
-            fh.writelines(f"file '{os.path.abspath(short)}'\n" for _ in range(copies))
-        _run(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", listing, "-c", "copy", path])
-    return path
+class Peer:
+    """A decoder in its own process (`decode_peers.py`), started once and asked once per round."""
+
+    def __init__(self, name: str, module: str, path_entry: str | None):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (path_entry, ROOT, env.get("PYTHONPATH")) if p)
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "benchmarks", "decode_peers.py"), module],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.version = json.loads(self.proc.stdout.readline())["version"]
+
+    def run(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer {self.name} died (exit status {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
-def _run(cmd: list[str]) -> None:
-    subprocess.run(cmd, check=True)
+def ffmpeg_limit(path: str, skip: str | None) -> dict:
+    cmd = ["ffmpeg", "-v", "error", "-threads", "1", *(["-skip_frame", skip] if skip else []), "-i", path,
+           "-f", "null", "-"]
+    cpu = os.environ.get("BENCH_CPU")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, preexec_fn=(lambda: os.sched_setaffinity(0, {int(cpu)})) if cpu else None)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": wall, "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
 
 
-def cpu_seconds(pids: list[int] = ()) -> float:
-    """User+system CPU of this process, its reaped children, and the live processes `pids`."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def worker_pids() -> list[int]:
-    from pipeline import decode
-
-    return decode._POOL.pids()
-
-
-def timed(fn, pids) -> tuple[float, float]:
-    """(wall, CPU) seconds of one call of `fn`; CPU includes the live processes `pids()` (the worker)."""
-    before_pids = pids()
-    cpu0, t0 = cpu_seconds(before_pids), time.perf_counter()
-    fn()
-    return time.perf_counter() - t0, cpu_seconds(before_pids) - cpu0
-
-
-def summarise(label: str, runs: list[tuple[float, float]], video_s: float, samples: int) -> dict:
-    """Best run by wall time (its CPU time alongside): shared machines are noisy, and the best of several
-    interleaved rounds is the least disturbed one."""
-    wall, cpu = min(runs)
-    row = {"what": label, "wall_s": wall, "cpu_s": cpu, "sampled_fps": samples / wall,
-           "video_s_per_cpu_s": video_s / cpu, "walls": [r[0] for r in runs]}
-    print(f"  {label:<44} wall {wall:7.2f} s  cpu {cpu:7.2f} s  {samples / wall:8.1f} frames/s  "
-          f"{video_s / cpu:7.1f} video-s/cpu-s   (walls: {', '.join(f'{r[0]:.2f}' for r in runs)})",
-          flush=True)
-    return row
-
-
-def ours(path: str, config: Config) -> None:
-    for clip in decode_clips(path, config):
-        assert clip.frames.dtype.name == "uint8"
-
-
-def decord_get_batch(path: str, config: Config) -> None:
-    import decord
-
+def request_for(path: str, config: Config) -> dict:
     info = probe_video(path)
-    short = config.preprocess.size
-    width = int(info.width / info.height * short) if info.width >= info.height else short
-    height = short if info.width >= info.height else int(info.height / info.width * short)
-    reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
-    for spec in plan_clips(info.timestamps, info.duration_s, config.sampling):
-        reader.get_batch(list(spec.frame_indices)).asnumpy()
+    plan = plan_clips(info.timestamps, info.duration_s, config.sampling)
+    return {"path": path, "clips": [list(map(int, c.frame_indices)) for c in plan],
+            "size": list(resized_shape(info.height, info.width, config.preprocess.size))}
 
 
-def ffmpeg_null(path: str, skip: str | None) -> None:
-    cmd = ["ffmpeg", "-v", "error", "-threads", "1"]
-    if skip:
-        cmd += ["-skip_frame", skip]
-    _run(cmd + ["-i", path, "-f", "null", "-"])
+IMPORTS = {"torchcodec": "torchcodec", "torchcodec_torch": "torchcodec", "decord": "decord",
+           "decord2": "decord"}                     # peer → module it needs
 
 
-def throughput(path: str, threads: int = 1, rounds: int = 5) -> list[dict]:
-    import torch
-
-    torch.set_num_threads(1)            # the in-process runs resize with one thread, like the worker
-    info = probe_video(path)
-    base = Config().replace(decode={"threads": threads})
-    samples = sum(c.valid_frames for c in plan_clips(info.timestamps, info.duration_s, base.sampling))
-    in_proc = {"timeout_s": 0}
-    ours(path, base)                    # start the worker and warm the page cache
-    print(f"{path}: {info.duration_s:.0f} s, {info.num_frames} frames, {samples} samples")
-    cases = [
-        (f"ours default ({base.decode.backend}/{base.decode.mode}, worker)", lambda: ours(path, base), worker_pids),
-        *[(f"ours {mode} (worker)", lambda mode=mode: ours(path, base.replace(decode={"mode": mode})), worker_pids)
-          for mode in ("exact", "fast") if (base.decode.backend, base.decode.mode) != ("pyav", mode)],
-        ("ours exact (in-process)", lambda: ours(path, base.replace(decode={**in_proc, "mode": "exact"})), list),
-        ("ours fast (in-process)", lambda: ours(path, base.replace(decode={**in_proc, "mode": "fast"})), list),
-        ("ours decord backend (worker)", lambda: ours(path, base.replace(decode={"backend": "decord"})),
-         worker_pids),
-        ("decord get_batch, decoder resize", lambda: decord_get_batch(path, base), list),
-        ("ffmpeg -skip_frame bidir -f null", lambda: ffmpeg_null(path, "bidir"), list),
-        ("ffmpeg -skip_frame noref -f null", lambda: ffmpeg_null(path, "noref"), list),
-        ("ffmpeg full decode -f null", lambda: ffmpeg_null(path, None), list),
-    ]
-    runs: list[list[tuple[float, float]]] = [[] for _ in cases]
-    for _ in range(rounds):             # round-robin, so a slow spell of the machine hits every case alike
-        for i, (_, fn, pids) in enumerate(cases):
-            runs[i].append(timed(fn, pids))
-    rows = [summarise(label, r, info.duration_s, samples) for (label, _, _), r in zip(cases, runs)]
-    by = {row["what"]: row for row in rows}
-    default, decord_row = rows[0], by["decord get_batch, decoder resize"]
-    for name, row in (("default", default), ("exact (in-process)", by["ours exact (in-process)"]),
-                      ("fast (in-process)", by["ours fast (in-process)"])):
-        print(f"  {name}: {decord_row['wall_s'] / row['wall_s']:.2f}x decord get_batch (wall), "
-              f"{decord_row['cpu_s'] / row['cpu_s']:.2f}x (CPU); "
-              f"{row['wall_s'] / by['ffmpeg -skip_frame bidir -f null']['wall_s']:.2f}x the time of bidir, "
-              f"{row['wall_s'] / by['ffmpeg -skip_frame noref -f null']['wall_s']:.2f}x the time of noref")
-    return rows
+def importable(module: str, entry: str | None) -> bool:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (entry, ROOT) if p)}
+    return subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True).returncode == 0
 
 
-_RSS_CODE = """
-import sys
-from pipeline.config import Config
-from pipeline.decode import decode_clips
-def hwm(pid="self"):  # peak RSS of this address space (ru_maxrss would include the forking parent's)
-    with open(f"/proc/{pid}/status") as fh:
-        return max(int(l.split()[1]) for l in fh if l.startswith("VmHWM"))
-base = hwm()
-cfg = Config().replace(decode={"timeout_s": float(sys.argv[2])})
-n = sum(1 for _ in decode_clips(sys.argv[1], cfg))
-from pipeline import decode
-print(n, hwm(), max([hwm(pid) for pid in decode._POOL.pids()] + [0]), base)
-"""
+def start_peers(paths: dict[str, str], wanted: set[str]) -> dict[str, Peer]:
+    """The wanted peers whose packages import; `paths` maps a peer to the PYTHONPATH entry holding it
+    (decord2 runs only from its own entry: it has decord's import name)."""
+    peers = {}
+    for name in (n for n in PEERS if n in wanted):
+        entry = paths.get(name) or (paths.get("torchcodec") if name == "torchcodec_torch" else None)
+        if name in IMPORTS and (not importable(IMPORTS[name], entry) or (name == "decord2" and not entry)):
+            print(f"skipping {name}: not importable (give --peer-path {name}=DIR)")
+            continue
+        peers[name] = Peer(name, "decord" if name.startswith("decord") else name, entry)
+    return peers
 
 
-def peak_rss(path: str, timeout_s: float) -> dict:
-    """Peak RSS (MiB) of a fresh process decoding `path` (and of its worker when timeout_s > 0)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", _RSS_CODE, path, str(timeout_s)], check=True, cwd=root,
-                         capture_output=True, text=True).stdout.split()
-    return {"clips": int(out[0]), "parent_mib": int(out[1]) / 1024, "worker_mib": int(out[2]) / 1024,
-            "parent_after_imports_mib": int(out[3]) / 1024}
+def measure(videos: dict[str, str], peers: dict[str, Peer], rounds: int, config: Config) -> dict:
+    requests = {c: request_for(p, config) for c, p in videos.items()}
+    for c, req in requests.items():                  # warm up: page cache, our worker, lazy imports
+        for peer in peers.values():
+            peer.run(req)
+    runs: dict[str, dict[str, list[dict]]] = {c: {} for c in videos}
+    for r in range(rounds):
+        for c, req in requests.items():
+            order = list(peers.items())
+            order = order[r % len(order):] + order[:r % len(order)]     # rotate: no case always runs first
+            for name, peer in order:
+                runs[c].setdefault(name, []).append(peer.run(req))
+            runs[c].setdefault("limit", []).append(ffmpeg_limit(req["path"], CLASSES[c][3]))
+            print(f"round {r + 1}/{rounds} {c}: " + "  ".join(f"{n} {v[-1]['wall_s']:.2f}" for n, v in runs[c].items()),
+                  flush=True)
+    return runs
+
+
+def summarise(runs: dict) -> dict:
+    out = {}
+    for c, cases in runs.items():
+        med = {n: {"wall_s": statistics.median(x["wall_s"] for x in v),
+                   "cpu_s": statistics.median(x["cpu_s"] for x in v),
+                   "walls": [round(x["wall_s"], 3) for x in v]} for n, v in cases.items()}
+        peers = {n: m["wall_s"] for n, m in med.items() if n not in (*OURS, "limit")}
+        fastest = min(peers, key=peers.get) if peers else None
+        sums = {n: v[0].get("checksum") for n, v in cases.items() if n in ("ours", *OFFICIAL_PIXELS)}
+        out[c] = {"median": med, "fastest_peer": fastest,
+                  "first_clip_identical_to_official": len(set(sums.values())) == 1 if len(sums) > 1 else None,
+                  "ours_vs_fastest_peer": med["ours"]["wall_s"] / peers[fastest] if fastest else None,
+                  "ours_vs_limit": med["ours"]["wall_s"] / med["limit"]["wall_s"],
+                  "ours_cpu_vs_limit_cpu": med["ours"]["cpu_s"] / med["limit"]["cpu_s"]}
+    return out
+
+
+def print_table(summary: dict, peers: dict[str, Peer]) -> None:
+    print("\npeers: " + ", ".join(f"{n} {p.version}" for n, p in peers.items()))
+    cols = [n for n in (*PEERS, "limit") if n in peers or n == "limit"]
+    print("\n| encode class | " + " | ".join(cols) + " | ours ÷ fastest peer | ours ÷ limit (wall, CPU) | "
+          "first clip = official pixels |")
+    print("|---|" + "---|" * (len(cols) + 3))
+    for c, s in summary.items():
+        cells = [f"{s['median'][n]['wall_s']:.2f}" if n in s["median"] else "–" for n in cols]
+        peer = f"{s['ours_vs_fastest_peer']:.2f}× ({s['fastest_peer']})" if s["fastest_peer"] else "–"
+        same = {True: "yes", False: "NO", None: "–"}[s["first_clip_identical_to_official"]]
+        print(f"| {CLASSES[c][0]} | " + " | ".join(cells) + f" | {peer} | {s['ours_vs_limit']:.2f}×, "
+              f"{s['ours_cpu_vs_limit_cpu']:.2f}× | {same} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/vidfeat-bench")
-    ap.add_argument("--minutes", type=float, default=3.0)
-    ap.add_argument("--hours", type=float, default=3.0)
-    ap.add_argument("--skip-long", action="store_true", help="skip the long-video memory measurement")
-    ap.add_argument("--bpyramid", default="normal", choices=["normal", "none"], help="x264 b-pyramid")
-    ap.add_argument("--keyint", type=int, default=250, help="x264 keyint (longest GOP, frames)")
-    ap.add_argument("--skip-throughput", action="store_true", help="only the memory measurement")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of them is reported")
+    ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--classes", default=",".join(CLASSES))
+    ap.add_argument("--peers", default=",".join(PEERS[:-1]),
+                    help="which peers to run (ours always runs; ours_float32: our exact-preprocessing setting)")
+    ap.add_argument("--peer-path", action="append", default=[], metavar="NAME=DIR",
+                    help="PYTHONPATH entry for one peer, e.g. decord=/opt/decord06 decord2=/opt/decord2")
+    ap.add_argument("--cpu", type=int, default=os.cpu_count() - 1,
+                    help="the core every case is pinned to (-1: none); torchcodec's filters and decord "
+                         "start threads of their own, one core keeps 'one thread each' true")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
+    if args.cpu >= 0:
+        os.environ["BENCH_CPU"] = str(args.cpu)     # read by the peers and the limit
     os.makedirs(args.workdir, exist_ok=True)
-    suffix = ("" if args.bpyramid == "normal" else "_nopyramid") + ("" if args.keyint == 250 else f"_g{args.keyint}")
-    short = make_video(os.path.join(args.workdir, f"v{args.minutes:g}min{suffix}.mp4"), args.minutes * 60,
-                       args.bpyramid, args.keyint)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d")}
-    if not args.skip_throughput:
-        result["throughput"] = throughput(short, rounds=args.rounds)
-    if not args.skip_long:
-        copies = max(1, round(args.hours * 60 / args.minutes))
-        long = make_long(short, os.path.join(args.workdir, f"v{args.hours:g}h.mp4"), copies)
-        result["rss"] = {name: {"worker": peak_rss(p, 600), "in_process": peak_rss(p, 0)}
-                         for name, p in (("short", short), ("long", long))}
-        print(json.dumps(result["rss"], indent=1))
+    classes = args.classes.split(",")
+    videos = {c: make_video(args.workdir, c, args.seconds) for c in classes}
+    paths = dict(p.split("=", 1) for p in args.peer_path)
+    peers = start_peers(paths, set(args.peers.split(",")) | {"ours"})
+    try:
+        runs = measure(videos, peers, args.rounds, Config())
+    finally:
+        for peer in peers.values():
+            peer.close()
+    summary = summarise(runs)
+    print_table(summary, peers)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+            json.dump({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                       "date": time.strftime("%Y-%m-%d"), "seconds": args.seconds, "rounds": args.rounds,
+                       "versions": {n: p.version for n, p in peers.items()}, "summary": summary, "runs": runs},
+                      fh, indent=1)
 
 
 if __name__ == "__main__":

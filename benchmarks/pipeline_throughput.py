@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from decode_throughput import make_video
+from decode_throughput import encode
 from pipeline.config import Config
 from pipeline.decode import decode_clips
 from pipeline.infer import ClipEmbedder
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "vidfeat-pipeline-bench"))
     args = ap.parse_args()
     os.makedirs(os.path.join(args.workdir, "videos"), exist_ok=True)
-    paths = [make_video(os.path.join(args.workdir, "videos", f"v{i}.mp4"), args.seconds + 7 * i)
+    paths = [encode(os.path.join(args.workdir, "videos", f"v{i}.mp4"), args.seconds + 7 * i)
              for i in range(args.videos)]
     video_s = sum(args.seconds + 7 * i for i in range(args.videos))
     config = bench_config()

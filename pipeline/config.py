@@ -53,6 +53,9 @@ class PreprocessConfig:
     crops: int = 1                     # 1 (centre) or 3 (top-left/centre/bottom-right along the long side)
     mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    frame_dtype: str = "uint8"         # how resized frames travel: uint8 (rounded to whole levels; 4× smaller)
+                                       # | float32 (never rounded: the official order's result, see
+                                       # docs/ARCHITECTURE.md "Precision note")
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ class Config:
         return {
             "model": {"preset": self.model.preset, "checkpoint": self.model.checkpoint, "seed": self.model.seed},
             "sampling": dataclasses.asdict(self.sampling),
-            "preprocess": _plain(dataclasses.asdict(self.preprocess)),
+            "preprocess": _plain(_without_defaults(dataclasses.asdict(self.preprocess), NEW_DEFAULTS)),
             "decode": {"mode": self.decode.mode, "max_snap": self.decode.max_snap},
         }
 
@@ -161,6 +164,15 @@ class Config:
             payload["model"] = {**payload["model"], "checkpoint": checkpoint_sha256}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Fields added after outputs existed: they enter the fingerprint only when set away from their default,
+# so outputs written before they existed keep their fingerprint (and can be resumed).
+NEW_DEFAULTS = {"frame_dtype": "uint8"}
+
+
+def _without_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
 
 
 def _plain(obj: Any) -> Any:

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.errors import DecodeError
+from pipeline.transforms import FRAME_DTYPES, crop
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ def _decode_one(vid: str, uri: str, cfg: Config):
 
 def clip_batch(vid: str, uri: str, clip, cfg: Config, last: bool, seconds: float) -> dict[str, np.ndarray]:
     """One decoded clip as a one-row batch: its crops [1, crops, T, S, S, 3] and plan metadata."""
-    from pipeline.transforms import crop
-
     crops = np.stack(crop(clip.frames, cfg.preprocess.size, cfg.preprocess.crops))   # [crops, T, S, S, 3]
     return {
         "video_id": np.array([vid]), "uri": np.array([uri]), "clip_index": np.array([clip.index], np.int32),
@@ -74,7 +73,8 @@ def failure_batch(vid: str, uri: str, stage: str, error: str, cfg: Config) -> di
         "video_id": np.array([vid]), "uri": np.array([uri]), "clip_index": np.array([-1], np.int32),
         "last": np.array([True]), "start_s": np.array([0.0]), "end_s": np.array([0.0]),
         "valid_frames": np.array([0], np.int32), "frame_indices": np.zeros((1, t), np.int64),
-        "frames": np.zeros((1, 0, t, 0, 0, 3), np.uint8), "error": np.array([error]), "stage": np.array([stage]),
+        "frames": np.zeros((1, 0, t, 0, 0, 3), FRAME_DTYPES.get(cfg.preprocess.frame_dtype, np.uint8)),   # as clips
+        "error": np.array([error]), "stage": np.array([stage]),
         "decode_s": np.array([0.0]),
     }
 

@@ -96,9 +96,9 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def embed(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [B, crops, T, S, S, 3] → (embedding [B, D], logits [B, C]) averaged over crops, float32.
-
-        The model runs on one upload chunk at a time (the whole batch unless `upload_chunk` is set)."""
+        """Frames [B, crops, T, S, S, 3] (uint8, or float32 0…255 with `preprocess.frame_dtype` "float32")
+        → (embedding [B, D], logits [B, C]) averaged over crops, float32. The model runs on one upload
+        chunk at a time (the whole batch unless `model.upload_chunk` is set)."""
         b, crops = frames.shape[:2]
         embs, logits = [], []
         for part in self.uploader.chunks(frames):

@@ -1,21 +1,28 @@
-"""Resize, crop and normalise video frames: one torch implementation for CPU and GPU.
+"""Resize, crop and normalise video frames, as the official TimeSformer test-time preprocessing does.
 
-Follows the official TimeSformer test-time preprocessing: the short side is scaled to `size` with
-`F.interpolate(mode="bilinear", align_corners=False)` without antialiasing (the long side becomes
-floor(long · size / short)), then `size`×`size` crops are taken with `uniform_crop` offsets, and values are
-divided by 255 and normalised with (x - mean) / std. The decoder resizes (and rounds back to uint8) so
-that clips travel small; `to_model_input` does the rest on whatever device the model lives on.
+The short side is scaled to `size` with torch's `F.interpolate(mode="bilinear", align_corners=False)`
+without antialiasing (the long side becomes floor(long · size / short)), then `size`×`size` crops are
+taken with `uniform_crop` offsets, and values are divided by 255 and normalised with (x - mean) / std.
+The decoder resizes on the CPU, without torch (`pipeline.bilinear` reproduces torch's result bit for
+bit), and rounds back to uint8 so that clips travel small, or keeps float32 when
+`preprocess.frame_dtype` asks for the official order's exact result; `to_model_input` does the rest with
+torch on whatever device the model lives on. Importing this module does not import torch (decode
+workers stay light); only `to_model_input` needs it.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from pipeline import bilinear
 from pipeline.config import PreprocessConfig
+
+if TYPE_CHECKING:
+    import torch
+
+FRAME_DTYPES = {"uint8": np.uint8, "float32": np.float32}
 
 
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -30,28 +37,19 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return size, int(math.floor(width / height * size))
 
 
-def resize_short_side(frames: torch.Tensor | np.ndarray, size: int) -> torch.Tensor | np.ndarray:
-    """Scale uint8 frames [T, H, W, 3] so the short side is `size`; uint8 [T, H', W', 3], same type back.
-
-    Bilinear, align_corners=False, no antialias, computed in float32 and rounded to the nearest integer.
-    Frames whose short side already equals `size` are returned unchanged.
-    """
-    as_numpy = isinstance(frames, np.ndarray)
-    x = torch.from_numpy(frames) if as_numpy else frames
-    _check_frames(x, 4)
-    height, width = x.shape[1], x.shape[2]
-    out_h, out_w = resized_shape(height, width, size)
-    if (out_h, out_w) != (height, width):
-        # channels_last all the way: torch's channels-last bilinear kernel is ~2× its NCHW one for 3
-        # channels, gives bit-identical results, and its output permutes back to [T, H, W, 3] without a
-        # copy. The float copy is made channels_last explicitly: a size-1 batch such as numpy's `a[None]`
-        # has batch stride 0, which `interpolate` would not run channels-last.
-        src = x.permute(0, 3, 1, 2)
-        y = torch.empty(src.shape, dtype=torch.float32, device=src.device, memory_format=torch.channels_last)
-        y.copy_(src)
-        y = F.interpolate(y, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=False)
-        x = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    return x.numpy() if as_numpy else x
+def resize_short_side(frames: np.ndarray, size: int, dtype: str = "uint8") -> np.ndarray:
+    """Scale uint8 frames [T, H, W, 3] so the short side is `size`: [T, H', W', 3] of `dtype`, "uint8"
+    (torch's float result rounded half to even, as the official code's uint8 frames would be) or
+    "float32" (torch's float result, unrounded). Frames whose short side already equals `size` keep
+    their values (converted to `dtype`)."""
+    _check_frames(frames, 4)
+    out_h, out_w = resized_shape(frames.shape[1], frames.shape[2], size)
+    if (out_h, out_w) == frames.shape[1:3]:
+        return frames if dtype == "uint8" else frames.astype(FRAME_DTYPES[dtype])
+    out = np.empty((len(frames), out_h, out_w, 3), FRAME_DTYPES[dtype])
+    for frame, target in zip(frames, out):
+        bilinear.resize(frame, out_h, out_w, out=target)
+    return out
 
 
 def crop_offsets(height: int, width: int, size: int, crops: int = 1) -> list[tuple[int, int]]:
@@ -81,25 +79,32 @@ def crop(frames: torch.Tensor | np.ndarray, size: int, crops: int = 1) -> list:
 
 
 def to_model_input(frames: torch.Tensor, preprocess: PreprocessConfig | None = None) -> torch.Tensor:
-    """Resized uint8 clips [B, T, H, W, 3] (any device) → normalised float32 [B·crops, 3, T, size, size].
+    """Resized clips [B, T, H, W, 3] (any device; uint8, or float32 in 0…255 unrounded) → normalised
+    float32 [B·crops, 3, T, size, size].
 
     The crops of clip b are rows b·crops … b·crops + crops - 1 (crop-major within a clip), so
-    `out.view(B, crops, ...)` groups them back. Runs on the device of `frames`.
+    `out.view(B, crops, ...)` groups them back. Runs on the device of `frames`; never changes `frames`.
     """
+    import torch
+
     p = preprocess or PreprocessConfig()
-    _check_frames(frames, 5)
-    views = torch.stack(crop(frames, p.size, p.crops), dim=1)          # B, crops, T, s, s, 3
-    x = views.flatten(0, 1).permute(0, 4, 1, 2, 3).float().div_(255.0)  # B·crops, 3, T, s, s
+    _check_frames(frames, 5, allow_float=True)
+    views = torch.stack(crop(frames, p.size, p.crops), dim=1)          # B, crops, T, s, s, 3 (a copy)
+    x = views.flatten(0, 1).permute(0, 4, 1, 2, 3).to(torch.float32).div_(255.0)  # B·crops, 3, T, s, s
     mean = _channel_vector(p.mean, x)
     std = _channel_vector(p.std, x)
     return x.sub_(mean).div_(std)
 
 
 def _channel_vector(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, 3, 1, 1, 1)
 
 
-def _check_frames(x: torch.Tensor, ndim: int) -> None:
-    if x.dtype != torch.uint8 or x.ndim != ndim or x.shape[-1] != 3:
+def _check_frames(x, ndim: int, allow_float: bool = False) -> None:
+    """uint8 (or, with `allow_float`, float32) frames of `ndim` dimensions, RGB last; numpy or torch."""
+    kinds = ("uint8", "float32") if allow_float else ("uint8",)
+    if str(x.dtype).removeprefix("torch.") not in kinds or x.ndim != ndim or x.shape[-1] != 3:
         layout = "[T, H, W, 3]" if ndim == 4 else "[B, T, H, W, 3]"
-        raise ValueError(f"expected uint8 frames {layout}, got {x.dtype} with shape {tuple(x.shape)}")
+        raise ValueError(f"expected {' or '.join(kinds)} frames {layout}, got {x.dtype} with shape {tuple(x.shape)}")

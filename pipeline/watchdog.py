@@ -90,14 +90,24 @@ class _Worker:
             try:
                 msg = self._recv() if self.conn.poll(timeout_s) else None
             except (EOFError, OSError):
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=10)
-                raise Crashed(self.proc.returncode) from None
+                raise self._crashed() from None
             if msg is None:
                 self.kill()
                 raise Stalled(what, timeout_s)
             if msg[0] != "tick":
                 return msg
+
+    def send(self, msg) -> None:
+        """Send a control message; a worker that died meanwhile raises Crashed (not a broken pipe)."""
+        try:
+            self.conn.send(msg)
+        except (EOFError, OSError):
+            raise self._crashed() from None
+
+    def _crashed(self) -> "Crashed":
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        return Crashed(self.proc.returncode)
 
     def _recv(self):
         """One message; an item's shared-memory buffers are received and mapped with it."""
@@ -157,11 +167,11 @@ class Pool:
         job, healthy = worker.jobs, False
         try:
             worker.wait_ready()
-            worker.conn.send(("run", job, target, args))
+            worker.send(("run", job, target, args))
             while True:
                 msg = worker.receive(timeout_s, what)
                 if msg[0] == "item":
-                    worker.conn.send(("next", job))
+                    worker.send(("next", job))
                     yield msg[1]
                 elif msg[0] == "end":
                     healthy = True

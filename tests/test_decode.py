@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import fsspec
 import numpy as np
 import pytest
 
-from pipeline import decode as decode_module
 from pipeline import samples, watchdog
 from pipeline.clips import plan_clips
 from pipeline.config import Config
 from pipeline.decode import decode_clips, local_copy, probe_video, upright
+from pipeline.decode.pyav import GopFilter, pyav_pass
+from pipeline.decode.restarts import restart_points
+from pipeline.decode.worker import POOL
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.transforms import resize_short_side
 
@@ -128,6 +132,29 @@ def test_fast_mode_falls_back_when_no_reference_frame_is_close(videos):
     for clip, spec in zip(clips, plan):
         assert _content(clip) == list(clip.frame_indices)
         assert max(abs(a - b) for a, b in zip(clip.frame_indices, spec.frame_indices)) <= 1
+
+
+def test_the_decode_side_never_loads_torch(videos):
+    """What the Ray decode stage imports (config, decode, transforms, errors, faults) and its watchdog
+    worker stay without torch: a decode slot holds tens of MB, not the ~700 MB torch costs."""
+    code = ("import sys\n"
+            "import pipeline.config, pipeline.decode, pipeline.errors, pipeline.faults, pipeline.transforms\n"
+            "from pipeline.decode.worker import POOL\n"
+            "from pipeline.config import Config\n"
+            "clips = list(pipeline.decode.decode_clips(sys.argv[1], Config.from_preset('tiny')))\n"
+            "maps = open(f'/proc/{POOL.pids()[0]}/maps').read()\n"
+            "print(len(clips), 'torch' in sys.modules, 'libtorch' in maps)")
+    out = subprocess.run([sys.executable, "-c", code, videos["pal"]], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[1:] == ["False", "False"] and int(out.stdout.split()[0]) > 0
+
+
+def test_the_decord_backend_loads_no_cuda_library():
+    """decord2 preloads every CUDA library of the environment's `nvidia` pip packages at import (~800 MB
+    of RSS per decode worker where torch's CUDA wheels are installed); the backend imports it without."""
+    code = ("from pipeline.decode.decord_backend import import_decord; import_decord(); "
+            "print(sum('/nvidia/' in line for line in open('/proc/self/maps')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
 
 
 @pytest.mark.parametrize("threads", [1, 2, 0])
@@ -353,14 +380,14 @@ def test_closing_early_leaves_no_busy_worker(videos):
     gen = decode_clips(videos["fps60"], config)
     next(gen)
     gen.close()
-    assert len(decode_module._POOL.idle) <= watchdog.MAX_IDLE_WORKERS
+    assert len(POOL.idle) <= watchdog.MAX_IDLE_WORKERS
     assert len(list(decode_clips(videos["fps60"], config))) == len(_planned(videos["fps60"], TINY)[1])
 
 
 def test_shutdown_ends_all_workers(videos):
     list(decode_clips(videos["pal"], TINY.replace(decode={"timeout_s": 60})))
     assert _children_of_this_process()
-    decode_module._POOL.shutdown()
+    POOL.shutdown()
     assert not _children_of_this_process()
 
 
@@ -406,7 +433,7 @@ def test_restart_points_need_a_clean_cut_in_time():
 def _restarts(decode_pts: np.ndarray, keyframes: list[int]) -> list[int]:
     key = np.zeros(len(decode_pts), bool)
     key[keyframes] = True
-    return decode_module._restart_points(decode_pts, key).tolist()
+    return restart_points(decode_pts, key).tolist()
 
 
 @pytest.mark.parametrize("name", ["closed.mp4", "closed.ts", "open.mp4", "hevc.mkv", "hevc_open.mp4", "vp9.webm"])
@@ -421,7 +448,7 @@ def test_packets_no_sample_needs_are_dropped_and_frames_stay_exact(gop_videos, n
         clips = list(decode_clips(path, config.replace(decode={"mode": "exact"})))
     dropped = [int(r.getMessage().split(" dropped ")[1].split()[0]) for r in caplog.records
                if " dropped " in r.getMessage()]
-    full = list(decode_module._pyav_pass(path, info, plan, 0, "full", config, path, lambda: None))
+    full = list(pyav_pass(path, info, plan, 0, "full", config, path, lambda: None))
     assert [c.frame_indices for c in clips] == [c.frame_indices for c in full] == [p.frame_indices for p in plan]
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(clips, full))
     assert [_content(c) for c in clips] == [list(p.frame_indices) for p in plan]
@@ -441,7 +468,7 @@ def test_fast_mode_drops_packets_without_changing_its_choices(gop_videos, name, 
     dropped = [int(r.getMessage().split(" dropped ")[1].split()[0]) for r in caplog.records
                if " nonref pass dropped " in r.getMessage()]
     assert dropped and (dropped[0] > 40 if name != "open.mp4" else True)
-    monkeypatch.setattr(decode_module._GopFilter, "of", classmethod(lambda cls, *a: None))
+    monkeypatch.setattr(GopFilter, "of", classmethod(lambda cls, *a: None))
     every_packet = list(decode_clips(path, config))
     assert [c.frame_indices for c in with_dropping] == [c.frame_indices for c in every_packet]
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(with_dropping, every_packet))

@@ -105,6 +105,22 @@ def test_features_equal_the_model_run_directly(first_run, corpus):
         assert videos[vid]["preset"] == "tiny" and videos[vid]["checkpoint_sha256"] == "random:tiny:0"
 
 
+def test_float32_frames_travel_through_ray_next_to_failure_rows(ray_head, corpus, tiny_config, tmp_path):
+    """`preprocess.frame_dtype: float32` (exact preprocessing): clips cross the stages as float32 beside
+    the broken video's failure row, and the features are the direct computation's."""
+    out = str(tmp_path / "features")
+    config = tiny_config.replace(run={"address": ray_head["address"]}, preprocess={"frame_dtype": "float32"})
+    summary = run_extract(corpus["dir"], out, config, progress=False)
+    assert (summary.ok, summary.failed) == (len(corpus["good"]), 1)
+    clips = read_table(out, "clips").to_pylist()
+    vid = corpus["good"][0]
+    ref = reference_clip_features(os.path.join(corpus["dir"], vid), config)
+    got = sorted((c for c in clips if c["video_id"] == vid), key=lambda c: c["clip_index"])
+    assert len(got) == len(ref)
+    for row, (emb, logits) in zip(got, ref):
+        np.testing.assert_allclose(row["embedding"], emb, atol=1e-5)
+
+
 def test_rerun_does_nothing_and_grown_manifest_does_only_new_videos(ray_head, corpus, tiny_config, tmp_path):
     out = str(tmp_path / "features")
     config = tiny_config.replace(run={"address": ray_head["address"]})

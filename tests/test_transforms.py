@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import bilinear
 from pipeline.config import PreprocessConfig
 from pipeline.transforms import crop, crop_offsets, resize_short_side, resized_shape, to_model_input
 
@@ -66,27 +67,47 @@ def test_resize_matches_reference_bilinear(hw, size):
 
 
 def _torch_nchw_reference(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The official call: F.interpolate on a contiguous NCHW float tensor, rounded back to uint8."""
-    x = frames.permute(0, 3, 1, 2).contiguous().float()
-    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    """The official call: F.interpolate on a contiguous NCHW float tensor, rounded back to uint8, with one
+    torch thread, as in the official code's DataLoader workers (with several threads torch takes another
+    kernel, whose float results differ in the last bit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = frames.permute(0, 3, 1, 2).contiguous().float()
+        y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    finally:
+        torch.set_num_threads(threads)
     return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def test_resize_equals_torch_interpolate_and_keeps_type():
-    frames = torch.randint(0, 256, (2, 36, 64, 3), dtype=torch.uint8)
-    out = resize_short_side(frames, 24)
-    assert isinstance(out, torch.Tensor)
-    assert torch.equal(out, _torch_nchw_reference(frames, (24, 42)))
+SIZES = [(360, 640), (480, 854), (1080, 1920), (640, 360), (223, 301), (100, 100), (36, 64), (47, 65),
+         (64, 128), (225, 400), (224, 300), (30, 40), (721, 1281)]
 
 
-@pytest.mark.parametrize("hw", [(360, 640), (480, 854), (1080, 1920), (640, 360), (223, 301), (100, 100)])
-def test_channels_last_resize_is_bit_identical_to_nchw(hw):
-    """The resize runs channels-last (faster); it must equal the NCHW computation bit for bit, also for a
-    single numpy frame given as `a[None]` (a stride-0 batch) as the decoder does."""
-    frame = np.random.default_rng(hw[0]).integers(0, 256, (*hw, 3), dtype=np.uint8)
-    out = resize_short_side(frame[None], 224)
-    ref = _torch_nchw_reference(torch.from_numpy(frame)[None], resized_shape(*hw, 224)).numpy()
-    assert out.flags.c_contiguous and np.array_equal(out, ref)
+@pytest.mark.parametrize("hw", SIZES)
+def test_resize_is_bit_identical_to_torch_interpolate(hw):
+    """The numpy resize (no torch in decode workers) equals the official call, F.interpolate on NCHW
+    float32 rounded to uint8, on every pixel: downscaling, upscaling, exact halves (64×128: every value
+    a tie, .5, rounded to even) and frames where one side keeps its size."""
+    frames = np.random.default_rng(hw[0] * 7 + hw[1]).integers(0, 256, (2, *hw, 3), dtype=np.uint8)
+    out = resize_short_side(frames, 224)
+    ref = _torch_nchw_reference(torch.from_numpy(frames), resized_shape(*hw, 224)).numpy()
+    assert out.dtype == np.uint8 and out.flags.c_contiguous and np.array_equal(out, ref)
+
+
+@pytest.mark.parametrize("hw", [(360, 640), (64, 128), (223, 301)])
+def test_resize_ignores_a_fourth_channel_and_gives_float_unrounded(hw):
+    """RGBA input (what the decoder converts to) resizes like its RGB; float32 output is torch's float
+    value, unrounded (the exact-preprocessing setting), within 2e-4 of a level."""
+    rgb = np.random.default_rng(hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((*hw, 1), 7, np.uint8)], axis=2)
+    size = resized_shape(*hw, 224)
+    assert np.array_equal(bilinear.resize(rgba, *size), resize_short_side(rgb[None], 224)[0])
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    ref = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)   # any kernel
+    out = resize_short_side(rgb[None], 224, dtype="float32")[0]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref[0].permute(1, 2, 0).numpy(), rtol=0, atol=2e-4)
 
 
 def test_resize_is_identity_when_short_side_already_fits():

@@ -131,6 +131,16 @@ def test_a_crashed_worker_is_reported_with_its_exit_status(pool):
     assert len(list(pool.stream(TARGET.format("frames"), (1, (4, 4, 3)), timeout_s=60))) == 1
 
 
+def test_a_worker_that_dies_while_the_caller_holds_an_item_is_reported_as_crashed(pool):
+    """The caller's next request then meets a closed socket: Crashed, not a BrokenPipeError."""
+    items = pool.stream(TARGET.format("crash"), (), timeout_s=60)
+    assert next(items) == "first"
+    time.sleep(0.5)                                   # the worker has exited by now
+    with pytest.raises(watchdog.Crashed) as err:
+        next(items)
+    assert err.value.returncode == 7
+
+
 def test_closing_early_with_items_in_flight_keeps_the_worker_usable(pool):
     items = pool.stream(TARGET.format("frames"), (50, (40, 120, 160, 3)), timeout_s=60)
     assert next(items)["index"] == 0

@@ -1,7 +1,25 @@
-"""The TimeSformer network, its checkpoint loading and its presets."""
-from pipeline.model.checkpoint import checkpoint_sha256, load_timesformer, random_timesformer, to_timesformer_keys
-from pipeline.model.presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
-from pipeline.model.timesformer import TimeSformer
+"""The TimeSformer network, its checkpoint loading and its presets.
 
-__all__ = ["TimeSformer", "load_timesformer", "random_timesformer", "to_timesformer_keys", "checkpoint_sha256",
-           "Preset", "PRESETS", "DEFAULT_PRESET", "get_preset"]
+Names are loaded on first use (PEP 562): `pipeline.config` reads the presets through this package, and
+decode workers import the config without torch (`pipeline.model.presets` needs none).
+"""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "checkpoint_sha256": "checkpoint", "load_timesformer": "checkpoint", "random_timesformer": "checkpoint",
+    "to_timesformer_keys": "checkpoint", "DEFAULT_PRESET": "presets", "PRESETS": "presets", "Preset": "presets",
+    "get_preset": "presets", "TimeSformer": "timesformer",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
