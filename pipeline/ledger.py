@@ -170,10 +170,19 @@ class Ledger:
         return removed
 
     def committed_files(self, sub: str, state: LedgerState | None = None) -> list[str]:
-        """Published files of live segments under `sub` (videos, clips, hdf5, failures), in commit order."""
-        state = state or self.load()
-        return sorted(p for p in self.ls(sub) if segment_of(_name(p)) in state.segments
-                      and not _name(p).startswith("."))
+        """Published files of live segments under `sub` (videos, clips, hdf5, failures), in commit order.
+
+        The listing is taken between two loads that agree on the live segments: a live segment's files
+        exist for as long as it is live (merged files are published before their record, replaced ones
+        deleted after), so a compaction meanwhile cannot make the listing miss or double a video."""
+        for _ in range(LOAD_ATTEMPTS):
+            before = state or self.load()
+            listed = self.ls(sub)
+            if self.load().segments == before.segments:
+                return sorted(p for p in listed if segment_of(_name(p)) in before.segments
+                              and not _name(p).startswith("."))
+            state = None
+        raise FileNotFoundError(f"{self.out}: the live parts kept changing while {sub}/ was listed")
 
     def check_fingerprint(self, fingerprint: str, config: dict) -> None:
         """First run: pin `fingerprint` in run.json. Later runs: refuse a different one."""

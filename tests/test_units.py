@@ -227,3 +227,17 @@ def test_cluster_yaml_is_valid_for_rays_launcher_and_opens_nothing_to_the_world(
     assert config["provider"]["use_internal_ips"] is True
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     assert any("pip install" in c for c in config["setup_commands"])
+
+
+def test_cluster_yaml_declares_what_the_howto100m_job_asks_for():
+    """Decode tasks ask for run.decode_resources: the worker node types must declare those resources, the
+    head none (it runs the driver only), and a GPU node keeps one CPU per GPU for its inference actor."""
+    with open(os.path.join(REPO, "cluster.yaml")) as fh:
+        nodes = yaml.safe_load(fh)["available_node_types"]
+    job = Config.from_yaml(os.path.join(REPO, "jobs", "howto100m_l.yaml"))
+    wanted = set(job.run.decode_resources)
+    assert wanted and all(wanted <= set(nodes[n]["resources"]) for n in ("decode_cpu", "gpu_h100"))
+    assert nodes["head"]["resources"] == {"CPU": 0}
+    gpu = nodes["gpu_h100"]
+    assert gpu["node_config"]["InstanceType"] == "p5.48xlarge"
+    assert gpu["resources"]["decode"] + 8 <= 192                       # 8 GPUs, one actor CPU each

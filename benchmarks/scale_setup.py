@@ -1,0 +1,121 @@
+"""What benchmarks/scale.py measures on: corpus-sized manifests, ledgers of many parts, synthetic outputs,
+and moto's S3 server on 127.0.0.1. Nothing here is timed."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.commit import write_part
+from pipeline.ledger import Ledger
+from pipeline.samples import write_index_video
+
+PROV = {"checkpoint_sha256": "bench", "preset": "tiny", "sampling": "4x8@30fps", "preprocessing": "p",
+        "decode": "d", "fingerprint": "f", "schema_version": 1, "code_version": "0", "run_id": "bench"}
+
+
+def tiny_video(root: str) -> str:
+    """One tiny generated video (one clip of the tiny preset); every manifest row may point to it."""
+    path = os.path.join(root, "tiny.mp4")
+    if not os.path.exists(path):
+        os.makedirs(root, exist_ok=True)
+        write_index_video(path, num_frames=20, fps=30.0)
+    return path
+
+
+def write_manifest(path: str, n: int, uri: str, prefix: str = "v", start: int = 0) -> str:
+    """A Parquet manifest of `n` rows `video_id` = prefix + number, all with the same `uri`."""
+    ids = pa.array([f"{prefix}{i:08d}" for i in range(start, start + n)], pa.string())
+    pq.write_table(pa.table({"video_id": ids, "uri": pa.array([uri] * n, pa.string())}), path)
+    return path
+
+
+def fill_ledger(out: str, parts: int, per_part: int, threads: int = 16) -> Ledger:
+    """`parts` part records of `per_part` done ids (v00000000 …), folded into the index (as runs leave them)."""
+    ledger = Ledger(out)
+
+    def record(p: int) -> None:
+        ledger.record(f"part-bench-{p:06d}", [f"v{p * per_part + i:08d}" for i in range(per_part)], [])
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(record, range(parts)))
+    ledger.fold()
+    return ledger
+
+
+def compact_ledger(ledger: Ledger, segments: int) -> None:
+    """Replace the live parts by `segments` merged segments, with one small stand-in file per kind each
+    (what compaction leaves: the files a run's garbage collection then lists)."""
+    parts = sorted(ledger.load().segments)
+    per = -(-len(parts) // segments)
+    for k in range(segments):
+        group = parts[k * per:(k + 1) * per]
+        name = f"{group[0]}-c20260101T000000{k:04x}"
+        for sub, ext in (("videos", "parquet"), ("clips", "parquet"), ("hdf5", "h5")):
+            with ledger.fs.open(ledger.path(sub, f"{name}.{ext}"), "wb") as fh:
+                fh.write(b"stand-in")
+        ledger.record_compaction(f"compaction-{name}", [name], group)
+    ledger.fold()
+
+
+def synthetic_output(out: str, videos: int, per_part: int = 64, dim: int = 768, classes: int = 1059,
+                     clips_per_video: int = 1, seed: int = 0) -> None:
+    """A committed output of `videos` videos in parts of `per_part`, with the real model's sizes."""
+    rng = np.random.default_rng(seed)
+    ledger = Ledger(out)
+    for p in range(-(-videos // per_part)):
+        ids = [f"v{i:08d}" for i in range(p * per_part, min(videos, (p + 1) * per_part))]
+        rows = [{"video_id": v, "uri": f"s3://corpus/{v}.mp4", "num_clips": clips_per_video, "duration_s": 100.0,
+                 "embedding": rng.standard_normal(dim, np.float32), "logits": rng.standard_normal(classes, np.float32),
+                 "probs": np.full(classes, 1 / classes, np.float32), **PROV} for v in ids]
+        clips = {v: [{"video_id": v, "clip_index": k, "start_s": 0.0, "end_s": 100.0, "valid_frames": 96,
+                      "frame_indices": np.arange(96) * 32, "embedding": rng.standard_normal(dim, np.float32),
+                      "logits": rng.standard_normal(classes, np.float32)} for k in range(clips_per_video)]
+                 for v in ids}
+        write_part(ledger, f"part-bench-{p:06d}", rows, clips, [], PROV)
+        ledger.record(f"part-bench-{p:06d}", ids, [])
+    ledger.fold()
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str = "vidfeat-bench"):
+    """moto's S3 server on 127.0.0.1; sets fsspec's S3 settings (env and this process) while it runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_up(f"http://127.0.0.1:{port}/")
+        env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "FSSPEC_S3_KEY": "testing",
+               "FSSPEC_S3_SECRET": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update(env)
+        import fsspec
+
+        fsspec.config.conf["s3"] = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"], "key": "testing",
+                                    "secret": "testing"}
+        fsspec.filesystem("s3", skip_instance_cache=True, **fsspec.config.conf["s3"]).mkdir(bucket)
+        yield f"s3://{bucket}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_up(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"moto server at {url} did not start")
