@@ -84,9 +84,11 @@ def cmd_driver(args) -> None:
     if args.baseline:
         runner.build_dataset = old_feed
     started, c0 = time.time(), cpu_s()
-    summary = runner.run_extract(manifest, os.path.join(root, "out"), tiny_config(), progress=False)
+    config = tiny_config(videos_per_task=args.videos_per_task, batch_size=args.batch_size)
+    summary = runner.run_extract(manifest, os.path.join(root, "out"), config, progress=False)
     (t1, c1, v1), (t2, c2, v2) = marks[0], marks[-1]
     report("driver", feed="one block per video" if args.baseline else "read tasks", videos=summary.ok,
+           videos_per_task=args.videos_per_task or "auto", batch_size=args.batch_size or "auto",
            first_commit_s=t1 - started, wall_s=time.time() - started, driver_cpu_s=cpu_s() - c0,
            steady_ms_per_video=(c2 - c1) / max(v2 - v1, 1) * 1000, steady_videos_per_s=(v2 - v1) / max(t2 - t1, 1e-9))
     shutil.rmtree(root, ignore_errors=True)
@@ -259,6 +261,8 @@ def main() -> None:
     p = sub.add_parser("driver")
     p.add_argument("--videos", type=int, default=6000)
     p.add_argument("--baseline", action="store_true")
+    p.add_argument("--videos-per-task", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=0, help="clips per inference batch (0: the default)")
     p.set_defaults(func=cmd_driver)
     p = sub.add_parser("first-commit")
     p.add_argument("--rows", type=int, default=1_220_000)

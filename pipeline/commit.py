@@ -52,6 +52,7 @@ class PartWriter:
             self.commit()
 
     def commit(self) -> None:
+        """Write the buffered videos and failures as one part: data files, then the ledger record."""
         if not self.videos and not self.failures:
             return
         start = time.perf_counter()
@@ -60,16 +61,24 @@ class PartWriter:
         failpoint("commit.data")
         self.ledger.record(part, [v["video_id"] for v in self.videos], self.failures)
         failpoint("commit.ledger")
-        self.unfolded += 1
+        log.info("committed %s: %d videos, %d failures", part, len(self.videos), len(self.failures))
+        self.videos, self.clips, self.failures = [], {}, []
+        self.seq, self.last_commit, self.unfolded = self.seq + 1, time.time(), self.unfolded + 1
         if self.unfolded >= FOLD_EVERY:
-            self.ledger.fold()
-            self.unfolded = 0
+            self.fold()
         self.summary.commit_s += time.perf_counter() - start
         if self.summary.first_commit_s is None:
             self.summary.first_commit_s = time.time() - self.started
-        log.info("committed %s: %d videos, %d failures", part, len(self.videos), len(self.failures))
-        self.videos, self.clips, self.failures = [], {}, []
-        self.seq, self.last_commit = self.seq + 1, time.time()
+
+    def fold(self) -> None:
+        """Fold the ledger's records into its index; a failure is logged, not raised (the records are
+        committed already; the next fold includes them)."""
+        try:
+            self.ledger.fold()
+            self.unfolded = 0
+        except Exception as exc:                                   # noqa: BLE001 - see docstring
+            log.warning("could not fold the ledger of %s (%s: %s); will try again", self.ledger.out,
+                        type(exc).__name__, exc)
 
 
 def write_part(ledger: Ledger, part: str, videos: list[dict], clips: dict[str, list[dict]],

@@ -4,15 +4,18 @@ Nightly runs leave many small parts (64 videos each by default); downstream read
 merges runs of consecutive small live segments (commit order) into segments whose largest file reaches
 `target_mb`, so an output holds few large files per kind, whatever the number of nights. Each group:
 
-  1. its merged files (videos/, clips/, hdf5/, failures/ — the same rows, in the same order) are
-     written locally and published under a new segment name: not live yet, no record names it;
-  2. a compaction record is published (ledger.record_compaction): from here on readers see the new
-     segment instead of the group — the switch is that one object;
-  3. the group's files are deleted.
-Then the ledger is folded. A kill after 1 leaves files no record names, after 2 files of replaced
-segments: `collect_garbage` (run at the start of every run and every compaction) deletes both. No step
-makes a video visible twice or not at all. One writer per output directory: do not compact while a
-run writes to it (a run compacts by itself at its end).
+  1. its merged files (the same rows, in the same order) are published *staged*, under hidden names
+     (`videos/.compact-<new>.parquet`, …): not live, and invisible to globs;
+  2. a compaction record is published (ledger.record_compaction): from here on our readers read the
+     new segment (its staged files) instead of the group — the switch is that one object;
+  3. the group's files are deleted;
+  4. the staged files are renamed to their published names.
+Then the ledger is folded. A glob over a data folder therefore never sees a video twice (between 3 and
+4 it misses the group's videos for a moment). A kill leaves staged files of a segment no record names
+(deleted), files of replaced segments (deleted) or staged files of a live segment (published): the
+garbage collection that starts every run and every compaction finishes the job. A group whose members
+differ in schema (written by different versions) is left as it is. A reader that keeps file paths
+across a compaction (a DataLoader over HDF5 parts, a list of `part_urls`) must list them again.
 
 A merged segment is named after its first member (`<first>-c<stamp>`), so names still sort in commit
 order. The HDF5 layout is unchanged; its `provenance` attribute lists the members' run ids.
@@ -29,25 +32,31 @@ import uuid
 from dataclasses import dataclass, field
 
 import h5py
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+from pipeline import segments
 from pipeline.faults import failpoint
-from pipeline.ledger import DATA_DIRS, Ledger, segment_of
+from pipeline.lease import WriterLease
+from pipeline.ledger import Ledger
 from pipeline.ledger_state import LedgerState
+from pipeline.segments import DATA_DIRS
 from pipeline.sinks import publish_file
 
 log = logging.getLogger(__name__)
 
-EXT = {"videos": "parquet", "clips": "parquet", "hdf5": "h5", "failures": "parquet"}
 ROW_GROUP_BYTES = 64 * 2**20           # Parquet row groups of merged files, about this size
+
+
+class Incompatible(Exception):
+    """The members of a group were written with different schemas: they are not merged."""
 
 
 @dataclass
 class CompactionReport:
     groups: int = 0
+    skipped: int = 0                   # groups left as they are (members of different schemas)
     segments_before: int = 0
     segments_after: int = 0
     files_before: dict[str, int] = field(default_factory=dict)
@@ -60,30 +69,43 @@ def compact(ledger: Ledger | str, target_mb: float = 256, state: LedgerState | N
     """Merge small live segments of `ledger` (or output URL) into segments of about `target_mb`."""
     ledger = Ledger(ledger) if isinstance(ledger, str) else ledger
     started, report = time.perf_counter(), CompactionReport()
-    state = state or ledger.load()
-    ledger.collect_garbage(state)
-    sizes = segment_sizes(ledger, state)
-    report.segments_before, report.files_before = len(state.segments), _file_counts(ledger)
-    for group in plan(sizes, int(target_mb * 2**20)):
-        report.bytes_rewritten += merge_group(ledger, group, merged_name(group[0]))
-        report.groups += 1
-    state = ledger.fold()
-    report.segments_after, report.files_after = len(state.segments), _file_counts(ledger)
+    with WriterLease(ledger):
+        state = state or ledger.load(repair=True)
+        ledger.collect_garbage(state)
+        files = Listing(ledger, state)
+        report.segments_before, report.files_before = len(state.segments), files.counts()
+        for group in plan(files.sizes(), int(target_mb * 2**20)):
+            _merge_or_skip(ledger, files, group, report)
+        state = ledger.fold()
+        report.segments_after, report.files_after = len(state.segments), Listing(ledger, state).counts()
     report.seconds = time.perf_counter() - started
-    log.info("compaction: %d groups, %d → %d segments", report.groups, report.segments_before,
-             report.segments_after)
+    log.info("compaction: %d merges, %d skipped, %d → %d segments", report.groups, report.skipped,
+             report.segments_before, report.segments_after)
     return report
 
 
-def segment_sizes(ledger: Ledger, state: LedgerState) -> dict[str, int]:
-    """Live segment → bytes of its largest file, in commit (name) order."""
-    sizes: dict[str, int] = {seg: 0 for seg in sorted(state.segments)}
-    for sub in DATA_DIRS:
-        for info in ledger.ls(sub, detail=True):
-            seg = segment_of(info["name"].rsplit("/", 1)[-1])
-            if seg in sizes:
-                sizes[seg] = max(sizes[seg], int(info.get("size") or 0))
-    return sizes
+class Listing:
+    """The live segments' files, listed once: folder → segment → (path, bytes)."""
+
+    def __init__(self, ledger: Ledger, state: LedgerState):
+        self.live = sorted(state.segments)
+        self.files = {sub: {} for sub in DATA_DIRS}
+        for sub in DATA_DIRS:
+            for info in ledger.ls(sub, detail=True):
+                segment, _ = segments.parse(info["name"].rsplit("/", 1)[-1])
+                if segment in state.segments:
+                    self.files[sub][segment] = (info["name"], int(info.get("size") or 0))
+
+    def sizes(self) -> dict[str, int]:
+        """Live segment → bytes of its largest file, in commit (name) order."""
+        return {seg: max([self.files[sub][seg][1] for sub in DATA_DIRS if seg in self.files[sub]] or [0])
+                for seg in self.live}
+
+    def members(self, sub: str, group: list[str]) -> list[str]:
+        return [self.files[sub][seg][0] for seg in group if seg in self.files[sub]]
+
+    def counts(self) -> dict[str, int]:
+        return {sub: len(self.files[sub]) for sub in DATA_DIRS}
 
 
 def plan(sizes: dict[str, int], target: int) -> list[list[str]]:
@@ -110,54 +132,67 @@ def merged_name(first: str) -> str:
     return f"{base}-c{time.strftime('%Y%m%dT%H%M%S')}{uuid.uuid4().hex[:4]}"
 
 
-def merge_group(ledger: Ledger, group: list[str], name: str) -> int:
-    """Steps 1–3 of the module doc for one group; returns the bytes written."""
-    written = 0
-    with tempfile.TemporaryDirectory(prefix="vidfeat-compact-") as tmp:
-        for sub in DATA_DIRS:
-            members = _member_files(ledger, sub, group)
-            if not members:
-                continue
-            local = os.path.join(tmp, f"{sub}.{EXT[sub]}")
-            (_merge_hdf5 if sub == "hdf5" else _merge_parquet)(ledger, members, local)
-            written += os.path.getsize(local)
-            publish_file(local, ledger.url(sub, f"{name}.{EXT[sub]}"))
+def _merge_or_skip(ledger: Ledger, files: Listing, group: list[str], report: CompactionReport) -> None:
+    try:
+        report.bytes_rewritten += merge_group(ledger, files, group, merged_name(group[0]))
+        report.groups += 1
+    except Incompatible as exc:
+        report.skipped += 1
+        log.warning("not merging %s … %s: %s", group[0], group[-1], exc)
+
+
+def merge_group(ledger: Ledger, files: Listing, group: list[str], name: str) -> int:
+    """Steps 1–4 of the module doc for one group; returns the bytes written."""
+    staged = _stage(ledger, files, group, name)
     failpoint("compact.data")
     ledger.record_compaction(f"compaction-{name}", [name], group)
     failpoint("compact.record")
-    doomed = [p for sub in DATA_DIRS for p in _member_files(ledger, sub, group)]
-    if doomed:
-        ledger.fs.rm(doomed)
+    ledger.fs.rm([p for sub in DATA_DIRS for p in files.members(sub, group)])
     failpoint("compact.delete")
+    for sub in staged:
+        ledger.fs.mv(ledger.path(sub, segments.file_name(name, sub, staged=True)),
+                     ledger.path(sub, segments.file_name(name, sub)))
+    failpoint("compact.publish")
+    return sum(staged.values())
+
+
+def _stage(ledger: Ledger, files: Listing, group: list[str], name: str) -> dict[str, int]:
+    """Write the group's merged files and publish them staged; folder → bytes."""
+    written = {}
+    with tempfile.TemporaryDirectory(prefix="vidfeat-compact-") as tmp:
+        for sub in DATA_DIRS:
+            members = files.members(sub, group)
+            if members:
+                local = os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}")
+                (_merge_hdf5 if sub == "hdf5" else _merge_parquet)(ledger, members, local)
+                written[sub] = os.path.getsize(local)
+        for sub in written:
+            publish_file(os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}"),
+                         ledger.url(sub, segments.file_name(name, sub, staged=True)))
     return written
 
 
-def _member_files(ledger: Ledger, sub: str, group: list[str]) -> list[str]:
-    wanted = {f"{seg}.{EXT[sub]}" for seg in group}
-    return sorted(p for p in ledger.ls(sub) if p.rsplit("/", 1)[-1] in wanted)
-
-
 def _merge_parquet(ledger: Ledger, members: list[str], local: str) -> None:
-    """Concatenate Parquet files (same schema) in order into one file with row groups of ~64 MB."""
+    """Concatenate Parquet files of one schema, in order, into one file with row groups of ~64 MB."""
     writer, buffered, size = None, [], 0
     for path in members:
         with ledger.fs.open(path, "rb") as fh:
             table = pq.read_table(fh)
-        if writer is None:
-            writer = pq.ParquetWriter(local, table.schema, compression="zstd")
-        buffered.append(table.cast(writer.schema))
-        size += table.nbytes
+        writer = writer or pq.ParquetWriter(local, table.schema, compression="zstd")
+        if not table.schema.equals(writer.schema):
+            raise Incompatible(f"{path} has the schema {table.schema}, not {writer.schema}")
+        buffered, size = buffered + [table], size + table.nbytes
         if size >= ROW_GROUP_BYTES:
-            writer.write_table(pa.concat_tables(buffered), row_group_size=None)
+            writer.write_table(pa.concat_tables(buffered))
             buffered, size = [], 0
     if buffered:
-        writer.write_table(pa.concat_tables(buffered), row_group_size=None)
+        writer.write_table(pa.concat_tables(buffered))
     writer.close()
 
 
 def _merge_hdf5(ledger: Ledger, members: list[str], local: str) -> None:
     """Concatenate HDF5 parts in order: one contiguous dataset per name, clip offsets shifted."""
-    shapes, meta = _hdf5_shapes(ledger, members)
+    shapes, meta = _hdf5_layout(ledger, members)
     with h5py.File(local, "w") as out:
         out.attrs["schema_version"] = schemas.SCHEMA_VERSION
         out.attrs["provenance"] = json.dumps(meta, sort_keys=True)
@@ -174,22 +209,28 @@ def _merge_hdf5(ledger: Ledger, members: list[str], local: str) -> None:
                 clip_base += int(part["clip_offset"][-1])
 
 
-def _hdf5_shapes(ledger: Ledger, members: list[str]) -> tuple[dict, dict]:
-    """Merged dataset name → (shape, dtype), and the merged provenance (members' run ids joined)."""
-    names = schemas.HDF5_VIDEO_DATASETS + schemas.HDF5_CLIP_DATASETS
-    lengths = {name: 0 for name in names}
-    specs, runs, meta = {}, [], {}
+def _hdf5_layout(ledger: Ledger, members: list[str]) -> tuple[dict, dict]:
+    """Merged dataset name → (shape, dtype), and the merged provenance (members' run ids joined).
+    Members must hold the same datasets, with the same dtypes and row shapes."""
+    lengths, specs, runs, meta = {}, None, [], {}
     for path in members:
         with ledger.fs.open(path, "rb") as fh, h5py.File(fh, "r") as part:
-            meta = json.loads(part.attrs.get("provenance", "{}"))
+            found = {name: (part[name].shape[1:], part[name].dtype) for name in _datasets(part)}
+            if specs is not None and found != specs:
+                raise Incompatible(f"{path} holds the datasets {sorted(found)}, unlike the group's first part")
+            specs, meta = found, json.loads(part.attrs.get("provenance", "{}"))
             runs.append(str(meta.get("run_id", "")))
-            for name in names:
-                lengths[name] += part[name].shape[0] - (1 if name == "clip_offset" else 0)
-                specs[name] = (part[name].shape[1:], part[name].dtype)
+            for name in found:
+                lengths[name] = lengths.get(name, 0) + part[name].shape[0] - (name == "clip_offset")
     lengths["clip_offset"] += 1
     meta["run_id"] = ",".join(dict.fromkeys(r for r in runs if r))
-    return {n: ((lengths[n], *specs[n][0]), specs[n][1]) for n in names}, meta
+    return {n: ((lengths[n], *specs[n][0]), specs[n][1]) for n in specs}, meta
 
 
-def _file_counts(ledger: Ledger) -> dict[str, int]:
-    return {sub: sum(1 for p in ledger.ls(sub) if not p.rsplit("/", 1)[-1].startswith(".")) for sub in DATA_DIRS}
+def _datasets(group: h5py.Group, prefix: str = "") -> list[str]:
+    """Every dataset below `group`, as paths (`embedding`, `clips/embedding`, …)."""
+    names = []
+    for key, item in group.items():
+        path = f"{prefix}{key}"
+        names += _datasets(item, path + "/") if isinstance(item, h5py.Group) else [path]
+    return names

@@ -110,7 +110,29 @@ def _read_table(source: str) -> pa.Table:
                     column_types={"video_id": pa.string(), "uri": pa.string()}))
             return pajson.read_json(fh)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise ConfigError(f"manifest {source} cannot be read: {exc}") from None
+        where = _first_bad_row(source) if lower.endswith((".csv", ".jsonl", ".json")) else None
+        at = f" (first bad row: {where}, 1-based, header not counted)" if where else ""
+        raise ConfigError(f"manifest {source} cannot be read{at}: {exc}") from None
+
+
+def _first_bad_row(source: str) -> int | None:
+    """The first data row of a CSV / JSON-lines manifest that does not parse (a CSV row with another
+    number of fields than the header, a line that is not a JSON object); None if none is found."""
+    import csv
+    import json
+
+    with fsspec.open(source, "r", newline="") as fh:
+        if source.lower().endswith(".csv"):
+            rows = csv.reader(fh)
+            width = len(next(rows, []))
+            return next((i for i, row in enumerate(rows, 1) if row and len(row) != width), None)
+        for i, line in enumerate((line for line in fh if line.strip()), 1):
+            try:
+                if not isinstance(json.loads(line), dict):
+                    return i
+            except ValueError:
+                return i
+    return None
 
 
 def _strings(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:

@@ -5,7 +5,8 @@ rows, a few KB): Ray Data fuses every read task with the decode stage into one C
 decodes its videos one after the other, streaming one clip at a time. Videos per task grow from 1 to
 `steady` over the first tasks (the first parts commit within seconds) and shrink back over the last
 (no long straggler at the end); in between every task carries `steady` videos, chosen so that a
-corpus of any size is at most about MAX_TASKS tasks. Ray Data stores one object per read task and
+corpus of any size makes at most max(MAX_TASKS, 4 × decode slots) steady tasks (plus the ramps, at most
+2 × RAMP_REPEAT × log2(steady) small ones). Ray Data stores one object per read task and
 keeps its metadata in the driver, so the task count, not the corpus size, is what the driver pays for:
 one block per video cost ~12 ms of driver time a video, here a 1.22 M-video corpus is ~4,100 tasks.
 Read tasks hold their rows, so Ray can re-run one on another node after a node is lost.
@@ -29,17 +30,21 @@ from pipeline.corpus import Corpus
 log = logging.getLogger(__name__)
 
 MAX_TASKS = 4096           # read tasks a corpus is cut into at most (plus the ramps), whatever its size
-STEADY_DEFAULT = 32        # videos per task when the corpus is small enough for that to be few tasks
+STEADY_DEFAULT = 128       # videos per task when the corpus is small enough for that to be few tasks
+RAMP_REPEAT = 64           # tasks of each ramp size (1, 2, 4, …) at the start and at the end, at most
 
 
 def task_sizes(n: int, slots: int, steady: int = 0) -> list[int]:
-    """Videos per read task, summing to `n`: 1, 1, 2, 2, 4, 4, … (each size `slots` times) up to `steady`,
-    then `steady` each, then the ramp backwards. `steady` 0 picks it from `n` and `slots` (see module doc)."""
+    """Videos per read task, summing to `n`: 1, 1, 2, 2, 4, 4, … (each size `min(slots, RAMP_REPEAT)`
+    times) up to `steady`, then `steady` each, then the ramp backwards. `steady` 0 picks it from `n`
+    and `slots`: at most max(MAX_TASKS, 4·slots) steady tasks, and at least 4 tasks a slot while that
+    keeps 32 videos or fewer a task. See module doc."""
     if n <= 0:
         return []
     slots = max(1, slots)
-    steady = steady or max(math.ceil(n / MAX_TASKS), min(STEADY_DEFAULT, math.ceil(n / (4 * slots))), 1)
-    ramp = [s for k in range(max(0, math.ceil(math.log2(steady)))) for s in [2 ** k] * slots if 2 ** k < steady]
+    steady = steady or max(math.ceil(n / max(MAX_TASKS, 4 * slots)), min(STEADY_DEFAULT, math.ceil(n / (4 * slots))), 1)
+    repeat = min(slots, RAMP_REPEAT)
+    ramp = [2 ** k for k in range(max(0, math.ceil(math.log2(steady)))) for _ in range(repeat)]
     head = _take(ramp, n)
     tail = _take(list(reversed(ramp)), n - sum(head))
     middle = n - sum(head) - sum(tail)
@@ -62,19 +67,22 @@ class VideoSource(Datasource):
     """A Ray Datasource whose i-th read task yields the next `sizes[i]` rows of `todo.table`."""
 
     def __init__(self, todo: Corpus, sizes: list[int]):
-        self.table, self.sizes = todo.table, sizes
+        self.table, self.sizes = todo.table.combine_chunks(), sizes     # one chunk: `take` is O(rows taken)
+        self._tasks: list[ReadTask] | None = None
 
     def estimate_inmemory_data_size(self) -> int:
         return self.table.nbytes
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None, **_) -> list[ReadTask]:
-        tasks, start = [], 0
-        for size in self.sizes:
-            rows = self.table.take(np.arange(start, start + size))      # a compact copy: pickles small
-            meta = BlockMetadata(num_rows=size, size_bytes=rows.nbytes, input_files=None, exec_stats=None)
-            tasks.append(ReadTask(_Rows(rows), meta, schema=rows.schema))
-            start += size
-        return tasks
+        """The read tasks (made once: Ray Data asks several times while planning)."""
+        if self._tasks is None:
+            self._tasks, start = [], 0
+            for size in self.sizes:
+                rows = self.table.take(np.arange(start, start + size))    # a compact copy: pickles small
+                meta = BlockMetadata(num_rows=size, size_bytes=rows.nbytes, input_files=None, exec_stats=None)
+                self._tasks.append(ReadTask(_Rows(rows), meta, schema=rows.schema))
+                start += size
+        return self._tasks
 
     def get_name(self) -> str:
         return "Videos"
@@ -97,6 +105,8 @@ def build_dataset(todo: Corpus, config: Config):
     from pipeline.decode_stage import decode_videos
     from pipeline.infer import ClipEmbedder
 
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False        # our own progress line replaces them (console.py)
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 1.0)
     actors = config.run.num_actors or max(gpus, 1)

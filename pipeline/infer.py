@@ -15,11 +15,13 @@ import time
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from pipeline.config import Config, ModelConfig
 from pipeline.decode_stage import ray_node_id
 from pipeline.faults import failpoint
+from pipeline.results import to_table
 from pipeline.model import TimeSformer, load_timesformer
 from pipeline.model.accel import cast_matmul_weights_, compiled_forward
 from pipeline.transforms import to_model_input
@@ -64,7 +66,13 @@ class ClipEmbedder:
         self.node_id = ray_node_id()
         log.info("inference actor ready on %s (%s)", self.device_label, self.dtype)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """A batch of decoded clips (and failure rows) → result rows (see pipeline/results.py)."""
+        return to_table(self.results(batch))
+
+    def results(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The result columns of a batch, as numpy arrays: its metadata, embedding, logits, error, stage,
+        timing and where it ran; a batch that fails inference turns into failure rows."""
         failpoint("actor.batch")
         start = time.perf_counter()
         n = len(batch["video_id"])

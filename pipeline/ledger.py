@@ -21,13 +21,16 @@ cannot be read whole is reported and rebuilt from every record.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 import time
 
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
+from pipeline import segments
 from pipeline.errors import ConfigError
 from pipeline.faults import failpoint
 from pipeline.ledger_state import LedgerState, from_index_table, replay, to_index_table
@@ -35,9 +38,17 @@ from pipeline.sinks import publish_bytes
 
 log = logging.getLogger(__name__)
 
-DATA_DIRS = ("videos", "clips", "hdf5", "failures")
 FOLD_EVERY = 256                    # records a run leaves unfolded at most (bounds a load after a crash)
 LOAD_ATTEMPTS = 5                   # a concurrent fold can move what a load is reading: start again
+
+
+def _damage_kinds() -> tuple:
+    import pyarrow as pa
+
+    return (pa.ArrowInvalid, ValueError, KeyError, TypeError)    # parse and validation errors, not I/O
+
+
+DAMAGE = _damage_kinds()
 
 
 class Ledger:
@@ -57,45 +68,50 @@ class Ledger:
 
     # ------------------------------------------------------------------ reading the state
 
-    def load(self) -> LedgerState:
-        """The state: the newest index plus the records not folded into it."""
+    def load(self, repair: bool = False) -> LedgerState:
+        """The state: the newest index plus the records not folded into it. A damaged index is rebuilt
+        from the records; with `repair` (writers only: they hold the lease) the rebuilt one is published."""
         for attempt in range(LOAD_ATTEMPTS):
             try:
-                return self._load_once()
+                return self._load_once(repair)
             except FileNotFoundError:                    # a fold moved a record or an index meanwhile
                 if attempt == LOAD_ATTEMPTS - 1:
                     raise
-                time.sleep(0.05 * (attempt + 1))
+                time.sleep(0.05 * 2 ** attempt)
         raise AssertionError("unreachable")
 
-    def _load_once(self) -> LedgerState:
+    def _load_once(self, repair: bool) -> LedgerState:
         pending = self._json_files("ledger")
-        base = self._read_index()
+        base = self._read_index(repair)
         todo = [p for p in pending if _stem(p) not in base.records]
         return replay(base, [self._read_json(p) for p in todo])
 
-    def _read_index(self) -> LedgerState:
+    def _read_index(self, repair: bool) -> LedgerState:
         indexes = self.index_files()
         if not indexes:
             return LedgerState()
         try:
             with self.fs.open(indexes[-1], "rb") as fh:
                 return from_index_table(_read_parquet(fh.read()))
-        except FileNotFoundError:
-            raise
-        except Exception as exc:                          # noqa: BLE001 - any damage means: rebuild
-            log.warning("ledger index %s is damaged (%s: %s); rebuilding it from the part records",
-                        indexes[-1], type(exc).__name__, exc)
-            return self.rebuild(damaged=indexes[-1])
+        except DAMAGE as exc:
+            log.warning("ledger index %s is damaged (%s: %s); rebuilding it from the part records%s",
+                        indexes[-1], type(exc).__name__, exc, "" if repair else " (in memory: a run repairs it)")
+            return self.rebuild(damaged=indexes[-1] if repair else None, publish=repair)
 
-    def rebuild(self, damaged: str | None = None) -> LedgerState:
-        """Replay every record (archived and pending), publish the result as a new index, drop `damaged`."""
-        records = [self._read_json(p) for p in self._json_files("ledger/records") + self._json_files("ledger")]
-        state = replay(LedgerState(), records)
-        state = LedgerState(state.done_ids, state.failures, state.segments, state.records)
-        self._publish_index(state)
-        if damaged and self.fs.exists(damaged):
-            self.fs.rm(damaged)
+    def rebuild(self, damaged: str | None = None, publish: bool = True) -> LedgerState:
+        """Replay every record (pending first, then archived: a record a fold moves meanwhile is in one of
+        the two listings); with `publish`, publish the result as a new index and drop `damaged`."""
+        paths = self._json_files("ledger")
+        paths += self._json_files("ledger/records")
+        records = {}
+        for path in paths:
+            records.setdefault(_stem(path), path)
+        state = dataclasses.replace(replay(LedgerState(), [self._read_json(p) for p in records.values()]),
+                                    unfolded=())
+        if publish:
+            self._publish_index(state)
+            if damaged and self.fs.exists(damaged):
+                self.fs.rm(damaged)
         log.warning("ledger index rebuilt from %d records: %d done, %d failed", len(records),
                     len(state.done_ids), state.failures.num_rows)
         return state
@@ -123,26 +139,32 @@ class Ledger:
         publish_bytes(json.dumps(payload).encode(), self.url("ledger", f"{name}.json"))
 
     def fold(self, state: LedgerState | None = None) -> LedgerState:
-        """Fold the records not yet in the index into a new index generation (see module doc)."""
-        state = state or self.load()
-        if not state.unfolded:
-            return state
-        self._publish_index(state)
-        failpoint("fold.index")
-        self.fs.makedirs(self.path("ledger", "records"), exist_ok=True)
-        for name in state.unfolded:
-            try:
-                self.fs.mv(self.path("ledger", f"{name}.json"), self.path("ledger", "records", f"{name}.json"))
-            except FileNotFoundError:                    # moved by an earlier, interrupted fold
-                pass
+        """Fold the records not yet in the index into a new index generation, and archive every pending
+        record the index holds (also those an interrupted fold left behind). See module doc."""
+        pending = self._json_files("ledger")
+        state = state or self.load(repair=True)
+        if state.unfolded:
+            self._publish_index(state)
+            failpoint("fold.index")
+        self._archive([p for p in pending if _stem(p) in state.records])
         failpoint("fold.records")
         for old in self.index_files()[:-1]:
             self.fs.rm(old)
-        return LedgerState(state.done_ids, state.failures, state.segments, state.records)
+        return dataclasses.replace(state, unfolded=())
 
-    def maybe_fold(self, state: LedgerState) -> LedgerState:
-        """Fold when FOLD_EVERY records are waiting."""
-        return self.fold(state) if len(state.unfolded) >= FOLD_EVERY else state
+    def _archive(self, paths: list[str]) -> None:
+        """Move records to `ledger/records/`: renames on local disk, one batch of copies then one bulk
+        delete on object stores."""
+        if not paths:
+            return
+        targets = [self.path("ledger", "records", _name(p)) for p in paths]
+        if not isinstance(self.fs, LocalFileSystem):
+            self.fs.copy(paths, targets)
+            self.fs.rm(paths)
+            return
+        self.fs.makedirs(self.path("ledger", "records"), exist_ok=True)
+        for src, dst in zip(paths, targets):
+            self.fs.mv(src, dst)
 
     def _publish_index(self, state: LedgerState) -> None:
         import pyarrow.parquet as pq
@@ -156,33 +178,12 @@ class Ledger:
     # ------------------------------------------------------------------ files of the state
 
     def collect_garbage(self, state: LedgerState) -> list[str]:
-        """Delete data files of segments that are not live (uncommitted or replaced) and leftover
-        temporaries; return them."""
-        removed = []
-        for sub in DATA_DIRS:
-            for path in self.ls(sub):
-                name = _name(path)
-                if name.startswith(".tmp-") or segment_of(name) not in state.segments:
-                    self.fs.rm(path)
-                    removed.append(path)
-        if removed:
-            log.warning("removed %d file(s) of uncommitted or replaced parts", len(removed))
-        return removed
+        """Delete files of segments that are not live, and temporaries (see segments.collect_garbage)."""
+        return segments.collect_garbage(self, state)
 
     def committed_files(self, sub: str, state: LedgerState | None = None) -> list[str]:
-        """Published files of live segments under `sub` (videos, clips, hdf5, failures), in commit order.
-
-        The listing is taken between two loads that agree on the live segments: a live segment's files
-        exist for as long as it is live (merged files are published before their record, replaced ones
-        deleted after), so a compaction meanwhile cannot make the listing miss or double a video."""
-        for _ in range(LOAD_ATTEMPTS):
-            before = state or self.load()
-            listed = self.ls(sub)
-            if self.load().segments == before.segments:
-                return sorted(p for p in listed if segment_of(_name(p)) in before.segments
-                              and not _name(p).startswith("."))
-            state = None
-        raise FileNotFoundError(f"{self.out}: the live parts kept changing while {sub}/ was listed")
+        """Files of live segments under `sub` (videos, clips, hdf5, failures), in commit order."""
+        return segments.live_files(self, sub, state)
 
     def check_fingerprint(self, fingerprint: str, config: dict) -> None:
         """First run: pin `fingerprint` in run.json. Later runs: refuse a different one."""
@@ -215,11 +216,6 @@ class Ledger:
     def _read_json(self, path: str) -> dict:
         with self.fs.open(path, "rb") as fh:
             return json.loads(fh.read())
-
-
-def segment_of(filename: str) -> str:
-    """`part-abc-00001.parquet` → `part-abc-00001` (the segment a data file belongs to)."""
-    return filename.split(".", 1)[0]
 
 
 def _name(path: str) -> str:

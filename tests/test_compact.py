@@ -16,13 +16,18 @@ import threading
 import numpy as np
 import pytest
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pipeline.commit import write_part
 from pipeline.compact import compact, plan
 from pipeline.features import load_clips, load_videos
+from pipeline.lease import WriterLease
 from pipeline.ledger import Ledger
 from pipeline.verify import verify
 
 from conftest import run_cli
+from test_reliability import s3  # noqa: F401 - the moto S3 server fixture
 
 PROV = {"checkpoint_sha256": "x", "preset": "tiny", "sampling": "4x8@30fps", "preprocessing": "p", "decode": "d",
         "fingerprint": "f", "schema_version": 1, "code_version": "0", "run_id": "r"}
@@ -69,6 +74,12 @@ def live_files(out: str, sub: str) -> list[str]:
     return sorted(os.path.basename(p) for p in glob.glob(f"{out}/{sub}/*"))
 
 
+def glob_ids(out: str) -> list[str]:
+    """What a reader that globs videos/*.parquet (pandas, duckdb) would see."""
+    files = glob.glob(f"{out}/videos/*.parquet")
+    return [v for f in files for v in pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()]
+
+
 @pytest.fixture()
 def output(tmp_path):
     out = str(tmp_path / "out")
@@ -93,19 +104,21 @@ def test_plan_merges_runs_of_small_segments_only():
     assert plan({"a": 10}, target=60) == [] and plan({"a": 70, "b": 70}, target=60) == []
 
 
-@pytest.mark.parametrize("point", ["compact.data@1", "compact.record@1", "compact.delete@1", "compact.data@2",
-                                   "compact.record@2", "fold.index", "fold.records"])
+@pytest.mark.parametrize("point", ["compact.data@1", "compact.record@1", "compact.delete@1", "compact.publish@1",
+                                   "compact.data@2", "compact.record@2", "fold.index", "fold.records"])
 def test_compaction_killed_at_any_step_loses_and_duplicates_nothing(output, point):
     before = snapshot(output)
     killed = run_cli("compact", output, "--target-mb", "0.04", env_extra={"VIDFEAT_FAILPOINTS": point})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert_same(before, snapshot(output))
+    ids = glob_ids(output)
+    assert len(ids) == len(set(ids)) and set(ids) <= set(before["ids"])     # a glob never sees one twice
     assert verify(output)["ok"], verify(output)["problems"]
     finished = run_cli("compact", output, "--target-mb", "1")
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert_same(before, snapshot(output))
     segments = sorted(Ledger(output).load().segments)
-    assert len(segments) == 1
+    assert len(segments) == 1 and not verify(output)["leftovers"]
     for sub, ext in (("videos", "parquet"), ("clips", "parquet"), ("hdf5", "h5")):
         assert live_files(output, sub) == [f"{segments[0]}.{ext}"], sub        # leftovers collected
 
@@ -133,3 +146,74 @@ def test_a_reader_during_compaction_sees_every_video_exactly_once(output):
     reader.join(timeout=120)
     assert not errors, errors[:3]
     assert len(seen) >= 2
+
+
+def test_a_compaction_between_a_readers_load_and_its_listing_is_noticed(output, monkeypatch):
+    """The reader's ledger load says "the old parts"; before it lists videos/, a whole compaction runs."""
+    before, original, fired = snapshot(output), Ledger.ls, []
+
+    def ls(self, sub, detail=False):
+        if sub in ("videos", "hdf5") and not fired:
+            fired.append(sub)
+            compact(output, target_mb=1)
+        return original(self, sub, detail)
+
+    monkeypatch.setattr(Ledger, "ls", ls)
+    assert_same(before, snapshot(output))
+    assert fired and len(Ledger(output).load().segments) == 1
+
+
+def test_a_compaction_between_a_readers_listing_and_its_reads_is_noticed(output, monkeypatch):
+    """The reader has listed the old files; a compaction deletes them before it opens them."""
+    before, original, fired = snapshot(output), Ledger.committed_files, []
+
+    def committed_files(self, sub, state=None):
+        files = original(self, sub, state)
+        if not fired:
+            fired.append(sub)
+            compact(output, target_mb=1)
+        return files
+
+    monkeypatch.setattr(Ledger, "committed_files", committed_files)
+    assert_same(before, snapshot(output))
+    assert fired
+
+
+def test_a_group_written_with_another_schema_is_left_as_it_is(output):
+    path = sorted(glob.glob(f"{output}/videos/*.parquet"))[3]
+    table = pq.read_table(path)
+    pq.write_table(table.append_column("added_later", pa.array([1.0] * table.num_rows)), path)
+    before = snapshot(output)
+    report = compact(output, target_mb=1)
+    assert report.skipped == 1 and report.groups == 0
+    assert_same(before, snapshot(output)) and verify(output)["ok"]
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lease(output):
+    with WriterLease(Ledger(output)):                        # this process: alive, heartbeat fresh
+        refused = run_cli("compact", output)
+    assert refused.returncode == 2, refused.stderr
+    assert "is being written by another run or compaction" in refused.stderr and str(os.getpid()) in refused.stderr
+    assert run_cli("compact", output).returncode == 0      # released: the next one goes ahead
+
+
+def test_the_lease_of_a_killed_writer_does_not_block_the_next(output):
+    killed = run_cli("compact", output, "--target-mb", "0.04", env_extra={"VIDFEAT_FAILPOINTS": "compact.record@2"})
+    assert killed.returncode == -9 and os.listdir(f"{output}/.writers")       # its lease is still there
+    assert run_cli("compact", output, "--target-mb", "1").returncode == 0
+    assert not [n for n in os.listdir(f"{output}/.writers") if n.endswith(".json")]
+
+
+@pytest.mark.parametrize("point", ["compact.record@1", "compact.publish@1", "fold.records"])
+def test_compaction_on_object_storage_killed_then_finished(s3, tmp_path, point):  # noqa: F811 - the fixture
+    local = str(tmp_path / "out")
+    build_output(local, parts=6)
+    url = f"s3://{s3['bucket']}/compact-{point.replace('@', '-').replace('.', '-')}"
+    s3["fs"].put(local, url.removeprefix("s3://"), recursive=True)
+    before = snapshot(url)
+    killed = run_cli("compact", url, "--target-mb", "0.02", env_extra={**s3["env"], "VIDFEAT_FAILPOINTS": point})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert_same(before, snapshot(url))
+    assert run_cli("compact", url, "--target-mb", "1", env_extra=s3["env"]).returncode == 0
+    assert_same(before, snapshot(url))
+    assert len(Ledger(url).load().segments) == 1 and verify(url)["ok"] and not verify(url)["leftovers"]

@@ -1,0 +1,116 @@
+"""One writer per output directory: the lease a run or a compaction holds while it writes.
+
+A writer publishes `OUT/.writers/<id>.json` ({id, host, pid, started, heartbeat}), then lists
+`.writers/`: if any other lease there is alive, it withdraws its own and refuses, naming the holder.
+(Two writers starting at the same moment may both withdraw; they can never both go on.) A daemon thread
+refreshes the heartbeat every HEARTBEAT_S seconds; the lease is deleted when the writer ends.
+
+A lease is alive when its heartbeat is younger than STALE_S seconds — except that a lease taken on
+this host by a process that no longer exists is dead at once, so a run killed a moment ago can be
+started again right away. Without a lease, garbage collection at the start of one writer could delete
+the files another writer has published but not yet committed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from pipeline.errors import ConfigError
+from pipeline.sinks import publish_bytes
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 30.0
+STALE_S = 300.0
+_held: dict[str, "WriterLease"] = {}          # output URL → the lease this process holds on it
+
+
+class WriterLease:
+    """`with WriterLease(ledger): ...` — hold the output's writer lease (re-entrant within a process)."""
+
+    def __init__(self, ledger):
+        self.ledger = ledger
+        self.me = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        self.stop = threading.Event()
+        self.nested = False
+
+    def __enter__(self) -> "WriterLease":
+        if self.ledger.out in _held:
+            self.nested = True
+            return self
+        self._publish()
+        others = [lease for lease in self._leases() if lease["id"] != self.me["id"]]
+        for dead in [lease for lease in others if not alive(lease)]:
+            log.info("removing the writer lease of a writer that is gone (%s)", describe(dead))
+            self._delete(dead["id"])
+        others = [lease for lease in others if alive(lease)]
+        if others:
+            self._delete()
+            raise ConfigError(f"{self.ledger.out} is being written by another run or compaction ({describe(others[0])});"
+                              f" wait for it to end. If it is gone, delete {self._url(others[0]['id'])}")
+        _held[self.ledger.out] = self
+        threading.Thread(target=self._beat, name="vidfeat-lease", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.nested:
+            return
+        self.stop.set()
+        _held.pop(self.ledger.out, None)
+        self._delete()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self._publish()
+            except OSError as exc:                      # a missed beat is not fatal; STALE_S allows several
+                log.warning("could not refresh the writer lease of %s: %s", self.ledger.out, exc)
+
+    def _publish(self) -> None:
+        publish_bytes(json.dumps({**self.me, "heartbeat": time.time()}).encode(), self._url(self.me["id"]))
+
+    def _delete(self, lease_id: str | None = None) -> None:
+        try:
+            self.ledger.fs.rm(self.ledger.path(".writers", f"{lease_id or self.me['id']}.json"))
+        except FileNotFoundError:
+            pass
+
+    def _leases(self) -> list[dict]:
+        leases = []
+        for path in self.ledger.ls(".writers"):
+            if not path.endswith(".json") or path.rsplit("/", 1)[-1].startswith("."):
+                continue
+            try:
+                with self.ledger.fs.open(path, "rb") as fh:
+                    leases.append(json.loads(fh.read()))
+            except (FileNotFoundError, ValueError):     # withdrawn meanwhile, or a temporary
+                continue
+        return leases
+
+    def _url(self, lease_id: str) -> str:
+        return self.ledger.url(".writers", f"{lease_id}.json")
+
+
+def alive(lease: dict) -> bool:
+    """A lease whose holder may still write: heartbeat fresh, and its process alive if on this host."""
+    if time.time() - float(lease.get("heartbeat", 0)) > STALE_S:
+        return False
+    if lease.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lease["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
+def describe(lease: dict) -> str:
+    age = time.time() - float(lease.get("heartbeat", 0))
+    return f"pid {lease.get('pid')} on {lease.get('host')}, started {time.ctime(float(lease.get('started', 0)))}, " \
+           f"last heartbeat {age:.0f} s ago"
