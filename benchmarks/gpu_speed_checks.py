@@ -216,6 +216,7 @@ def embed_rows(ctx, embedder, batch: int, seconds: float) -> list[dict]:
 
 def embed_calls(embedder, frames: np.ndarray) -> dict[str, Callable]:
     """The bare model on a ready input; `embed` through each uploader; `__call__` on a Ray-shaped batch."""
+    from pipeline.results import matrix
     from pipeline.transforms import to_model_input
     from pipeline.upload import ChunkUploader
 
@@ -239,7 +240,7 @@ def embed_calls(embedder, frames: np.ndarray) -> dict[str, Callable]:
 
     plain = uploaders["embed, chunk whole"]
     return {BARE: bare, **{name: (lambda u=u: via(u, lambda: embedder.embed(frames))) for name, u in uploaders.items()},
-            "__call__ (a Ray batch, plain upload)": lambda: via(plain, lambda: embedder(ray_batch)["embedding"])}
+            "__call__ (a Ray batch, plain upload)": lambda: via(plain, lambda: matrix(embedder(ray_batch)["embedding"]))}
 
 
 def host_frames(ctx, batch: int) -> np.ndarray:
