@@ -15,9 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import segments
 from pipeline.commit import write_part
 from pipeline.ledger import Ledger
 from pipeline.samples import write_index_video
+from pipeline.sinks import publish_bytes
 
 PROV = {"checkpoint_sha256": "bench", "preset": "tiny", "sampling": "4x8@30fps", "preprocessing": "p",
         "decode": "d", "fingerprint": "f", "schema_version": 1, "code_version": "0", "run_id": "bench"}
@@ -52,17 +54,16 @@ def fill_ledger(out: str, parts: int, per_part: int, threads: int = 16) -> Ledge
     return ledger
 
 
-def compact_ledger(ledger: Ledger, segments: int) -> None:
-    """Replace the live parts by `segments` merged segments, with one small stand-in file per kind each
+def compact_ledger(ledger: Ledger, count: int) -> None:
+    """Replace the live parts by `count` merged segments, with one small stand-in file per kind each
     (what compaction leaves: the files a run's garbage collection then lists)."""
     parts = sorted(ledger.load().segments)
-    per = -(-len(parts) // segments)
-    for k in range(segments):
+    per = -(-len(parts) // count)
+    for k in range(count):
         group = parts[k * per:(k + 1) * per]
         name = f"{group[0]}-c20260101T000000{k:04x}"
-        for sub, ext in (("videos", "parquet"), ("clips", "parquet"), ("hdf5", "h5")):
-            with ledger.fs.open(ledger.path(sub, f"{name}.{ext}"), "wb") as fh:
-                fh.write(b"stand-in")
+        for sub in ("videos", "clips", "hdf5"):
+            publish_bytes(b"stand-in", ledger.url(sub, segments.file_name(name, sub)))
         ledger.record_compaction(f"compaction-{name}", [name], group)
     ledger.fold()
 
