@@ -59,8 +59,8 @@ def compact_ledger(ledger: Ledger, count: int) -> None:
     (what compaction leaves: the files a run's garbage collection then lists)."""
     parts = sorted(ledger.load().segments)
     per = -(-len(parts) // count)
-    for k in range(count):
-        group = parts[k * per:(k + 1) * per]
+    for k, start in enumerate(range(0, len(parts), per)):
+        group = parts[start:start + per]
         name = f"{group[0]}-c20260101T000000{k:04x}"
         for sub in ("videos", "clips", "hdf5"):
             publish_bytes(b"stand-in", ledger.url(sub, segments.file_name(name, sub)))
