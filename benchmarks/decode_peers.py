@@ -11,6 +11,8 @@ checksum of the first clip (a sanity check that a peer returned pixels, not a cl
 Peers (one thread each):
   ours          `pipeline.decode.decode_clips` with the default config (exact mode, in its worker)
   ours_float32  the same with `preprocess.frame_dtype: float32` (exact preprocessing; not a peer)
+  ours_crop     the same with `decode.centre_crop` (what the pipeline runs with one crop: the decoder
+                resizes only the 224×224 centre the model sees; the same pixels as ours, then cropped)
   torchcodec    `VideoDecoder(seek_mode="exact", num_ffmpeg_threads=1)` + its decoder-side `Resize`
   torchcodec_torch  the same decoder at full size, then torch's bilinear (official pixels, like ours)
   decord        `VideoReader(width, height, num_threads=1).get_batch` (decord 0.6 or decord2: whichever
@@ -57,6 +59,14 @@ def ours_float32(path, clips, size):
     from pipeline.decode import decode_clips
 
     for clip in decode_clips(path, Config().replace(preprocess={"frame_dtype": "float32"})):
+        yield clip.frames
+
+
+def ours_crop(path, clips, size):
+    from pipeline.config import Config
+    from pipeline.decode import decode_clips
+
+    for clip in decode_clips(path, Config().replace(decode={"centre_crop": True})):
         yield clip.frames
 
 
@@ -120,7 +130,8 @@ def pyav_official(path, clips, size):
         yield official_resize(np.stack([frames[i] for i in indices]), size)
 
 
-PEERS = {"ours": (ours, ours_pids), "ours_float32": (ours_float32, ours_pids), "torchcodec": (torchcodec, list),
+PEERS = {"ours": (ours, ours_pids), "ours_float32": (ours_float32, ours_pids), "ours_crop": (ours_crop, ours_pids),
+         "torchcodec": (torchcodec, list),
          "torchcodec_torch": (torchcodec_torch, list), "decord": (decord, list),
          "pyav_official": (pyav_official, list)}
 
@@ -133,7 +144,7 @@ def version(name: str) -> str:
         import decord as dec
 
         return f"{os.path.basename(os.path.dirname(os.path.dirname(dec.__file__)))}: decord {dec.__version__}"
-    package = {"ours": "av", "ours_float32": "av", "pyav_official": "av",
+    package = {"ours": "av", "ours_float32": "av", "ours_crop": "av", "pyav_official": "av",
                "torchcodec_torch": "torchcodec"}.get(name, name)
     return importlib.metadata.version(package) if package != "av" else f"PyAV {importlib.metadata.version('av')}"
 

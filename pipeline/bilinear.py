@@ -45,16 +45,28 @@ def axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 class _Plan:
-    """Indices, weights and work buffers for one (in shape, out shape)."""
+    """Indices, weights and work buffers for one (in shape, out shape, window of the output).
 
-    def __init__(self, in_h: int, in_w: int, channels: int, out_h: int, out_w: int):
-        self.in_h, self.in_w, self.c, self.out_h, self.out_w = in_h, in_w, channels, out_h, out_w
-        self.r0, self.r1, rl0, rl1 = axis_taps(in_h, out_h)
-        self.c0, self.c1, cl0, cl1 = axis_taps(in_w, out_w)
+    The window (y, x, height, width) is the part of the output computed: the taps of the full output,
+    sliced, and the vertical pass over only the input columns those output columns read — the same
+    pixels as computing the whole output and cropping it, for less work."""
+
+    def __init__(self, in_h: int, in_w: int, channels: int, out_h: int, out_w: int, window: tuple):
+        y, x, win_h, win_w = window
+        self.c, self.out_h, self.out_w = channels, win_h, win_w
+        self.r0, self.r1, rl0, rl1 = (a[y:y + win_h] for a in axis_taps(in_h, out_h))
+        c0, c1, cl0, cl1 = (a[x:x + win_w] for a in axis_taps(in_w, out_w))
+        self.col0 = int(c0.min())                       # the input columns read: col0 … col0 + in_w - 1
+        self.in_h, self.in_w, self.frame_w = in_h, int(c1.max()) + 1 - self.col0, in_w
+        self.c0, self.c1 = c0 - self.col0, c1 - self.col0
         self.rows = (rl0, rl1)                          # per output row, λ0 and λ1 (float32)
         self.cols = (cl0, cl1)
         self.rw0, self.rw1 = rl0[:, None], rl1[:, None]
         self.cw0, self.cw1 = np.repeat(cl0, 4), np.repeat(cl1, 4)
+        self._buffers()
+
+    def _buffers(self) -> None:
+        out_h, in_w, channels, out_w = self.out_h, self.in_w, self.c, self.out_w
         # rows after the vertical pass, one pixel = `channels` floats; +1 float so that the 16-byte
         # read of the last pixel of a 3-channel frame stays inside the buffer
         self.flat = np.zeros(out_h * in_w * channels + 1, F32)
@@ -71,18 +83,22 @@ class _Plan:
 
 
 @functools.lru_cache(maxsize=4)
-def _plan(in_h: int, in_w: int, channels: int, out_h: int, out_w: int) -> _Plan:
-    return _Plan(in_h, in_w, channels, out_h, out_w)
+def _plan(in_h: int, in_w: int, channels: int, out_h: int, out_w: int, window: tuple) -> _Plan:
+    return _Plan(in_h, in_w, channels, out_h, out_w, window)
 
 
-def resize(frame: np.ndarray, out_h: int, out_w: int, out: np.ndarray | None = None) -> np.ndarray:
+def resize(frame: np.ndarray, out_h: int, out_w: int, out: np.ndarray | None = None,
+           window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """uint8 frame [H, W, C≥3] → [out_h, out_w, 3] as torch's bilinear gives it: uint8 rounded half to
     even (the default, or `out` uint8), or float32 unrounded when `out` is float32 (then within
-    1.1e-4 of torch's float value). Writes into `out` when given and returns it."""
-    p = _plan(frame.shape[0], frame.shape[1], frame.shape[2], out_h, out_w)
-    out = np.empty((out_h, out_w, 3), np.uint8) if out is None else out
-    if out.shape != (out_h, out_w, 3) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous [{out_h}, {out_w}, 3], got {out.shape}")
+    1.1e-4 of torch's float value). Writes into `out` when given and returns it. With `window`
+    (y, x, height, width), only that part of the output: [height, width, 3], the same pixels as
+    resizing the whole frame and cropping."""
+    window = tuple(window) if window is not None else (0, 0, out_h, out_w)
+    p = _plan(frame.shape[0], frame.shape[1], frame.shape[2], out_h, out_w, window)
+    out = np.empty((p.out_h, p.out_w, 3), np.uint8) if out is None else out
+    if out.shape != (p.out_h, p.out_w, 3) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous [{p.out_h}, {p.out_w}, 3], got {out.shape}")
     value = _separable(frame, p)                     # float32 [out_h, out_w·4], channel 4 unused
     if out.dtype == F32:
         return _drop_fourth(value, out, p)
@@ -98,8 +114,8 @@ def resize(frame: np.ndarray, out_h: int, out_w: int, out: np.ndarray | None = N
 
 
 def _separable(frame: np.ndarray, p: _Plan) -> np.ndarray:
-    """Vertical pass over whole rows, then the horizontal pass gathering 16-byte pixels."""
-    rows = frame.reshape(p.in_h, p.in_w * p.c)
+    """Vertical pass over the rows' needed columns, then the horizontal pass gathering 16-byte pixels."""
+    rows = frame.reshape(p.in_h, p.frame_w * p.c)[:, p.col0 * p.c:(p.col0 + p.in_w) * p.c]
     np.multiply(np.take(rows, p.r0, axis=0, out=p.rows0, mode="clip"), p.rw0, out=p.vert)
     np.multiply(np.take(rows, p.r1, axis=0, out=p.rows1, mode="clip"), p.rw1, out=p.tmp)
     p.vert += p.tmp
@@ -142,7 +158,7 @@ def _fix_near_ties(frame: np.ndarray, near: np.ndarray, out: np.ndarray, p: _Pla
     y, x, ch = y[keep], x[keep], ch[keep]
     h0, h1 = p.rows[0][y], p.rows[1][y]
     w0, w1 = p.cols[0][x], p.cols[1][x]
-    r0, r1, c0, c1 = p.r0[y], p.r1[y], p.c0[x], p.c1[x]
+    r0, r1, c0, c1 = p.r0[y], p.r1[y], p.c0[x] + p.col0, p.c1[x] + p.col0
     s = (frame[r0, c1, ch].astype(F32) * (h0 * w1)).astype(F32)
     for r, c, w in ((r0, c0, h0 * w0), (r1, c0, h1 * w0), (r1, c1, h1 * w1)):
         s = _fma(frame[r, c, ch], w, s)

@@ -9,6 +9,7 @@ import time
 
 import pipeline
 import schemas
+from pipeline import segments
 from pipeline.config import Config
 from pipeline.faults import failpoint
 from pipeline.ledger import FOLD_EVERY, Ledger
@@ -84,24 +85,19 @@ class PartWriter:
 def write_part(ledger: Ledger, part: str, videos: list[dict], clips: dict[str, list[dict]],
                failures: list[dict], provenance: dict) -> None:
     """Write and publish the data files of one part (not its ledger record)."""
+    writers = {"failures": lambda path: parquet_sink.write_failures(failures, path)} if failures else {}
+    if videos:
+        dim, classes = len(videos[0]["embedding"]), len(videos[0]["logits"])
+        all_clips = [c for v in videos for c in clips[v["video_id"]]]
+        writers.update({
+            "videos": lambda path: parquet_sink.write_videos(videos, dim, classes, path),
+            "clips": lambda path: parquet_sink.write_clips(all_clips, dim, classes, path),
+            "hdf5": lambda path: hdf5_sink.write_part(videos, clips, dim, classes, provenance, path)})
     with tempfile.TemporaryDirectory(prefix="vidfeat-part-") as tmp:
-        if videos:
-            dim, classes = len(videos[0]["embedding"]), len(videos[0]["logits"])
-            all_clips = [c for v in videos for c in clips[v["video_id"]]]
-            files = {
-                "videos": lambda p: parquet_sink.write_videos(videos, dim, classes, p),
-                "clips": lambda p: parquet_sink.write_clips(all_clips, dim, classes, p),
-                "hdf5": lambda p: hdf5_sink.write_part(videos, clips, dim, classes, provenance, p),
-            }
-            for sub, write in files.items():
-                ext = "h5" if sub == "hdf5" else "parquet"
-                local = os.path.join(tmp, f"{sub}.{ext}")
-                write(local)
-                publish_file(local, ledger.url(sub, f"{part}.{ext}"))
-        if failures:
-            local = os.path.join(tmp, "failures.parquet")
-            parquet_sink.write_failures(failures, local)
-            publish_file(local, ledger.url("failures", f"{part}.parquet"))
+        for sub, write in writers.items():
+            local = os.path.join(tmp, f"{sub}-{segments.file_name(part, sub)}")
+            write(local)
+            publish_file(local, ledger.url(sub, segments.file_name(part, sub)))
 
 
 def provenance(config: Config, sha: str, fingerprint: str, run_id: str) -> dict:

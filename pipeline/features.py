@@ -262,7 +262,12 @@ class H5Part:
         return np.memmap(self.path, dtype=ds.dtype, mode="c", offset=offset, shape=ds.shape)
 
     def _open(self) -> h5py.File:
-        return h5py.File(self.path if self.local else self.fs.open(self.path, "rb"), "r")
+        try:
+            return h5py.File(self.path if self.local else self.fs.open(self.path, "rb"), "r")
+        except OSError as exc:                      # h5py says "can't retrieve stat info" for a file that
+            if not isinstance(exc, FileNotFoundError) and not self.fs.exists(self.path):   # went meanwhile
+                raise FileNotFoundError(self.path) from exc
+            raise
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": {}}

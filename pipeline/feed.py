@@ -105,27 +105,38 @@ def build_dataset(todo: Corpus, config: Config):
     from pipeline.decode_stage import decode_videos
     from pipeline.infer import ClipEmbedder
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False        # our own progress line replaces them (console.py)
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 1.0)
-    actors = config.run.num_actors or max(gpus, 1)
-    infer_args = inference_resources(gpus, cpus, actors)
-    slots = config.run.num_decoders or max(1, int(cpus - infer_args["num_cpus"] * actors))
-    sizes = task_sizes(len(todo), slots, config.run.videos_per_task)
-    # The decode stage reserves memory per task (a clip of decoded frames plus the decoder): it bounds
-    # how many decoders share a node; read and decode have the same resources, so they fuse.
-    decode_args = {"num_cpus": 1, "memory": config.run.decode_memory_mb * 2**20}
-    if config.run.decode_resources:
-        decode_args["resources"] = _declared(dict(config.run.decode_resources), resources)
-    if config.run.num_decoders:
-        decode_args["compute"] = ray.data.TaskPoolStrategy(size=config.run.num_decoders)
-    ds = ray.data.read_datasource(VideoSource(todo, sizes), override_num_blocks=len(sizes), **decode_args)
-    ds = ds.map_batches(decode_videos, batch_size=None, fn_kwargs={"config": config.to_dict()}, **decode_args)
+    ray.data.DataContext.get_current().enable_progress_bars = False   # our progress line replaces them
+    plan = Plan(ray.cluster_resources(), config)
+    sizes = task_sizes(len(todo), plan.slots, config.run.videos_per_task)
+    ds = ray.data.read_datasource(VideoSource(todo, sizes), override_num_blocks=len(sizes), **plan.decode_args)
+    ds = ds.map_batches(decode_videos, batch_size=None, fn_kwargs={"config": config.to_dict()}, **plan.decode_args)
     return ds.map_batches(
         ClipEmbedder, fn_constructor_kwargs={"config": config.to_dict()},
-        batch_size=config.run.batch_size or (4 if gpus else 1),
-        compute=ray.data.ActorPoolStrategy(size=actors), **infer_args)   # Ray restarts dead actors, retries batches
+        batch_size=config.run.batch_size or (4 if plan.gpus else 1),
+        compute=ray.data.ActorPoolStrategy(size=plan.actors), **plan.infer_args)   # Ray restarts dead actors
+
+
+class Plan:
+    """What the stages ask of the cluster (`resources`: `ray.cluster_resources()`).
+
+    Inference: `actors` actors with `infer_args` each (see inference_resources). Decoding: tasks with
+    `decode_args` — one CPU plus reserved memory (a clip of decoded frames plus the decoder), which bounds
+    how many decoders share a node; read and decode get the same arguments, so Ray Data fuses them —
+    and `slots` of them at once, the cluster's CPUs the actors leave free."""
+
+    def __init__(self, resources: dict, config: Config):
+        import ray
+
+        run = config.run
+        self.gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 1.0)
+        self.actors = run.num_actors or max(self.gpus, 1)
+        self.infer_args = inference_resources(self.gpus, cpus, self.actors)
+        self.slots = run.num_decoders or max(1, int(cpus - self.infer_args["num_cpus"] * self.actors))
+        self.decode_args = {"num_cpus": 1, "memory": run.decode_memory_mb * 2**20}
+        if run.decode_resources:
+            self.decode_args["resources"] = _declared(dict(run.decode_resources), resources)
+        if run.num_decoders:
+            self.decode_args["compute"] = ray.data.TaskPoolStrategy(size=run.num_decoders)
 
 
 def _declared(wanted: dict, available: dict) -> dict:

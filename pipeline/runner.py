@@ -127,18 +127,7 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
         ds = build_dataset(todo, config)
         gc.freeze()                         # what exists now (torch, Ray, the corpus) lives for the run:
                                             # Python's garbage collector stops walking it (measured: -30%)
-        collector, bars = VideoCollector(), Progress(len(todo), enabled=progress)
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                failpoint("driver.result")
-                _take(batch, collector, writer, bars, summary)
-                writer.maybe_commit()
-                _check_failure_rate(summary, config.run.max_failure_rate, len(todo))
-            for event in collector.unfinished(todo.table):
-                writer.add(event)
-        finally:
-            writer.commit()                  # whatever is complete is kept, also when the run stops early
-            bars.close()
+        _consume(ds, todo, config, writer, summary, Progress(len(todo), enabled=progress))
         _record_plan(ds, summary)
     finally:
         gc.unfreeze()
@@ -146,6 +135,23 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
             import ray
 
             ray.shutdown()
+
+
+def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, bars: Progress) -> None:
+    """Iterate the results, commit as parts fill; whatever is complete is committed also when the run
+    stops early (an exception, the failure rate)."""
+    collector = VideoCollector()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            failpoint("driver.result")
+            _take(batch, collector, writer, bars, summary)
+            writer.maybe_commit()
+            _check_failure_rate(summary, config.run.max_failure_rate, len(todo))
+        for event in collector.unfinished(todo.table):
+            writer.add(event)
+    finally:
+        writer.commit()
+        bars.close()
 
 
 def _take(batch: pa.Table, collector: VideoCollector, writer: PartWriter, bars: Progress,

@@ -10,48 +10,65 @@ import collections
 
 import numpy as np
 
-from pipeline.features import _matrix
 from pipeline import segments
+from pipeline.features import _matrix
 from pipeline.ledger import Ledger
 
 _FLOAT_LISTS = ("embedding", "logits", "probs")        # fixed-size float32 lists → [N, D] arrays
 
 
 def verify(out: str) -> dict:
-    """A report {"ok", "problems": [...], "videos", "clips", "parts"}; never raises on bad content."""
+    """A report {"ok", "problems": [...], "videos", "clips", "parts", "leftovers"}; never raises on bad
+    content. `leftovers` (files no live part owns) are reported without failing the check."""
     ledger = Ledger(out)
     state = ledger.load()
-    problems: list[str] = []
-    seen_parquet: collections.Counter = collections.Counter()
-    seen_hdf5: collections.Counter = collections.Counter()
-    shapes: set[tuple[int, int]] = set()
-    clips_total = 0
     listed = {sub: {segments.parse(p.rsplit("/", 1)[-1])[0]: p for p in ledger.committed_files(sub, state)}
               for sub in segments.DATA_DIRS}
+    found = _Found()
     for part in sorted(state.segments):
-        files = {sub: listed[sub].get(part) for sub in ("videos", "clips", "hdf5")}
+        found.check(ledger, part, {sub: listed[sub].get(part) for sub in ("videos", "clips", "hdf5")},
+                    part in listed["failures"])
+    problems = found.problems + found.identity_problems(state.done)
+    return {"out": out, "ok": not problems, "problems": problems, "videos": sum(found.parquet.values()),
+            "clips": found.clips, "parts": len(state.segments), "leftovers": _leftovers(ledger, listed)}
+
+
+class _Found:
+    """What the live parts hold, gathered part by part, and the problems met."""
+
+    def __init__(self):
+        self.problems: list[str] = []
+        self.parquet: collections.Counter = collections.Counter()
+        self.hdf5: collections.Counter = collections.Counter()
+        self.shapes: set[tuple[int, int]] = set()
+        self.clips = 0
+
+    def check(self, ledger: Ledger, part: str, files: dict, has_failures: bool) -> None:
         if not any(files.values()):
-            if part not in listed["failures"]:
-                problems.append(f"{part}: committed, but none of its files exists")
-            continue                                     # a part holding failures only
+            if not has_failures:
+                self.problems.append(f"{part}: committed, but none of its files exists")
+            return                                       # a part holding failures only
         try:
-            pq_videos, pq_clips, h5 = _read_part(ledger, files)
+            videos, clips, h5 = _read_part(ledger, files)
         except Exception as exc:                         # noqa: BLE001 - every unreadable part is a finding
-            problems.append(f"{part}: unreadable: {type(exc).__name__}: {exc}")
-            continue
-        seen_parquet.update(pq_videos["video_id"])
-        seen_hdf5.update(h5["video_id"])
-        shapes.add((pq_videos["embedding"].shape[1], pq_videos["logits"].shape[1]))
-        clips_total += len(pq_clips["video_id"])
-        problems += [f"{part}: {p}" for p in _check_part(pq_videos, pq_clips, h5)]
-    for name, seen in (("videos/", seen_parquet), ("hdf5/", seen_hdf5)):
-        problems += [f"{vid} appears {n} times in {name}" for vid, n in sorted(seen.items()) if n > 1]
-        problems += [f"{vid} is done in the ledger but missing from {name}" for vid in sorted(state.done - set(seen))]
-        problems += [f"{vid} is in {name} but not done in the ledger" for vid in sorted(set(seen) - state.done)]
-    if len(shapes) > 1:
-        problems.append(f"parts disagree on (embedding dim, classes): {sorted(shapes)}")
-    return {"out": out, "ok": not problems, "problems": problems, "videos": sum(seen_parquet.values()),
-            "clips": clips_total, "parts": len(state.parts), "leftovers": _leftovers(ledger, listed)}
+            self.problems.append(f"{part}: unreadable: {type(exc).__name__}: {exc}")
+            return
+        self.parquet.update(videos["video_id"])
+        self.hdf5.update(h5["video_id"])
+        self.shapes.add((videos["embedding"].shape[1], videos["logits"].shape[1]))
+        self.clips += len(clips["video_id"])
+        self.problems += [f"{part}: {p}" for p in _check_part(videos, clips, h5)]
+
+    def identity_problems(self, done: set[str]) -> list[str]:
+        """Every done video exactly once in videos/ and hdf5/, nothing else; one shape across parts."""
+        problems = []
+        for name, seen in (("videos/", self.parquet), ("hdf5/", self.hdf5)):
+            problems += [f"{vid} appears {n} times in {name}" for vid, n in sorted(seen.items()) if n > 1]
+            problems += [f"{vid} is done in the ledger but missing from {name}" for vid in sorted(done - set(seen))]
+            problems += [f"{vid} is in {name} but not done in the ledger" for vid in sorted(set(seen) - done)]
+        if len(self.shapes) > 1:
+            problems.append(f"parts disagree on (embedding dim, classes): {sorted(self.shapes)}")
+        return problems
 
 
 def _leftovers(ledger: Ledger, listed: dict[str, dict[str, str]]) -> list[str]:

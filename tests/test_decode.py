@@ -18,7 +18,7 @@ from pipeline.decode.pyav import GopFilter, pyav_pass
 from pipeline.decode.restarts import restart_points
 from pipeline.decode.worker import POOL
 from pipeline.errors import ConfigError, DecodeError
-from pipeline.transforms import resize_short_side
+from pipeline.transforms import crop, resize_short_side
 
 TINY = Config.from_preset("tiny")                     # 4 frames, stride 8 at 30 fps, 32 px
 IN_PROCESS = TINY.replace(decode={"timeout_s": 0})
@@ -174,6 +174,20 @@ def test_decord_and_pyav_agree_in_exact_mode(videos, name):
         assert a.frames.shape == b.frames.shape
         assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
         assert _content(upright(b.frames, -info.rotation)) == list(b.frame_indices)
+
+
+@pytest.mark.parametrize("name", ["cfr30", "portrait", "odd", "lossless", "rotated", "one"])
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_centre_crop_in_the_decoder_equals_cropping_its_frames(videos, name, backend):
+    """`decode.centre_crop` (what the pipeline asks with one crop) gives the crop of the frames it
+    would give otherwise, bit for bit, uint8 and float32."""
+    for dtype in ("uint8", "float32"):
+        plain = cfg(backend=backend).replace(preprocess={"frame_dtype": dtype})
+        whole = list(decode_clips(videos[name], plain))
+        cut = list(decode_clips(videos[name], plain.replace(decode={"centre_crop": True})))
+        assert [c.frame_indices for c in cut] == [c.frame_indices for c in whole]
+        for a, b in zip(whole, cut):
+            assert np.array_equal(b.frames, crop(a.frames, TINY.preprocess.size, 1)[0]), (name, dtype)
 
 
 def test_rotation_is_recorded_and_applied(videos):

@@ -95,6 +95,22 @@ def test_resize_is_bit_identical_to_torch_interpolate(hw):
     assert out.dtype == np.uint8 and out.flags.c_contiguous and np.array_equal(out, ref)
 
 
+@pytest.mark.parametrize("hw", SIZES)
+def test_a_window_of_the_resize_equals_the_crop_of_the_whole_resize(hw):
+    """`bilinear.resize(..., window=)` computes only a crop of the output (the decoder's centre crop):
+    bit for bit the crop of the whole resize — uint8 and float32, centre and corner windows."""
+    from pipeline import bilinear
+
+    frame = np.random.default_rng(hw[0] + 3 * hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    out_h, out_w = resized_shape(*hw, 224)
+    size = min(out_h, out_w)
+    for dtype in (np.uint8, np.float32):
+        whole = bilinear.resize(frame, out_h, out_w, out=np.empty((out_h, out_w, 3), dtype))
+        for y, x in [*crop_offsets(out_h, out_w, size, 3), (0, 0)]:
+            part = bilinear.resize(frame, out_h, out_w, out=np.empty((size, size, 3), dtype), window=(y, x, size, size))
+            assert np.array_equal(part, whole[y:y + size, x:x + size]), (dtype, y, x)
+
+
 @pytest.mark.parametrize("hw", [(360, 640), (64, 128), (223, 301)])
 def test_resize_ignores_a_fourth_channel_and_gives_float_unrounded(hw):
     """RGBA input (what the decoder converts to) resizes like its RGB; float32 output is torch's float

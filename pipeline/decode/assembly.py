@@ -12,7 +12,7 @@ import numpy as np
 from pipeline import bilinear
 from pipeline.clips import ClipSpec
 from pipeline.config import Config
-from pipeline.transforms import FRAME_DTYPES, resized_shape
+from pipeline.transforms import FRAME_DTYPES, crop_offsets, resized_shape
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Assembler:
     def _store(self, k: int, j: int, frame) -> None:
         if self.converted is None or self.converted[0] != j:
             rgb = upright(self._rgb(frame)[None], self.rotation)[0]
-            self.shape = self.shape or (*resized_shape(*rgb.shape[:2], self.config.preprocess.size), 3)
+            self.shape = self.shape or self._frame_shape(rgb)
             self.converted = (j, self._resize(rgb, self._buffer()[k]))
         else:
             self._buffer()[k] = self.converted[1]
@@ -127,9 +127,18 @@ class Assembler:
             self.reformatter = VideoReformatter()
         return self.reformatter.reformat(frame, format="rgb24").to_ndarray()
 
+    def _frame_shape(self, rgb: np.ndarray) -> tuple[int, int, int]:
+        """The clip's frame shape: the first frame resized, or the crop's with `decode.centre_crop`."""
+        size = self.config.preprocess.size
+        return (size, size, 3) if self.config.decode.centre_crop else (*resized_shape(*rgb.shape[:2], size), 3)
+
     def _resize(self, rgb: np.ndarray, out: np.ndarray) -> np.ndarray:
         """`rgb` resized (short side to preprocess.size) into `out`, a frame of the clip; returns `out`."""
-        h, w = resized_shape(rgb.shape[0], rgb.shape[1], self.config.preprocess.size)
+        size = self.config.preprocess.size
+        h, w = resized_shape(rgb.shape[0], rgb.shape[1], size)
+        if self.config.decode.centre_crop:             # each frame cut by its own geometry: never refitted
+            (y, x), = crop_offsets(h, w, size, 1)
+            return _resize_window(rgb, h, w, (y, x, size, size), out)
         if (h, w) != out.shape[:2]:
             log.warning("%s: frame size changes mid-stream; fitting %s to %s", self.video, (h, w, 3), self.shape)
             rgb = bilinear.resize(rgb, h, w) if (h, w) != rgb.shape[:2] else np.ascontiguousarray(rgb[..., :3])
@@ -145,6 +154,15 @@ class Assembler:
                     spec.end_s, spec.valid_frames)
         self.buffer, self.used = None, []
         return clip
+
+
+def _resize_window(rgb: np.ndarray, h: int, w: int, window: tuple, out: np.ndarray) -> np.ndarray:
+    """The `window` (y, x, height, width) of `rgb` resized to h × w, into `out`."""
+    y, x, win_h, win_w = window
+    if (h, w) == rgb.shape[:2]:
+        out[...] = rgb[y:y + win_h, x:x + win_w, :3]
+        return out
+    return bilinear.resize(rgb, h, w, out=out, window=window)
 
 
 def upright(frames: np.ndarray, rotation: int) -> np.ndarray:
