@@ -25,7 +25,7 @@ from pipeline import svg
 from pipeline.errors import ConfigError
 from pipeline.features import read_table
 from pipeline.ledger import Ledger
-from pipeline.search import VideoIndex
+from pipeline.neighbours import nearest_videos
 from pipeline.sinks import publish_bytes
 from pipeline.thumbnails import strip_data_uri
 
@@ -59,9 +59,9 @@ def gather(out: str, queries: int = 4, k: int = 4) -> ReportData:
     if not (data.pinned or data.runs or state.parts):
         raise ConfigError(f"{out} is not a vidfeat output directory: no run.json, run record or committed part")
     data.failures = failure_groups(list(state.failed.values()))
-    columns = ["video_id", "num_clips", "duration_s"]
+    columns = ["video_id", "uri", "num_clips", "duration_s"]
     data.videos = read_table(out, "videos", columns).to_pydict()
-    data.gallery = neighbour_gallery(out, queries, k) if data.videos["video_id"] else []
+    data.gallery = neighbour_gallery(out, data.videos, queries, k) if data.videos["video_id"] else []
     return data
 
 
@@ -100,16 +100,16 @@ def failure_groups(failures: list[dict]) -> list[dict]:
             for (stage, kind), items in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))]
 
 
-def neighbour_gallery(out: str, queries: int = 4, k: int = 4) -> list[dict]:
-    """For up to `queries` videos spread over the commit order: their k nearest videos (cosine)."""
-    index = VideoIndex.from_output(out)
-    picks = sorted(set(np.linspace(0, len(index) - 1, min(queries, len(index))).round().astype(int)))
-    chosen = [index.ids[i] for i in picks]
-    hits = index.search_ids(chosen, k=k)
-    return [{"video_id": vid, "uri": index.uris[index.row[vid]],
-             "neighbours": [{"video_id": i, "uri": u, "score": float(s)}
-                            for i, u, s in zip(hits.ids[q], hits.uris[q], hits.scores[q])]}
-            for q, vid in enumerate(chosen)]
+def neighbour_gallery(out: str, videos: dict, queries: int = 4, k: int = 4) -> list[dict]:
+    """For up to `queries` of `videos` (columns video_id, uri, in commit order), spread over the commit
+    order: their k nearest videos (cosine), found one part at a time (pipeline/neighbours.py)."""
+    ids = videos["video_id"]
+    picks = sorted(set(np.linspace(0, len(ids) - 1, min(queries, len(ids))).round().astype(int)))
+    hits = nearest_videos(out, [ids[i] for i in picks], k=k)
+    return [{"video_id": ids[i], "uri": videos["uri"][i],
+             "neighbours": [{"video_id": v, "uri": u, "score": float(s)}
+                            for v, u, s in zip(hits.ids[q], hits.uris[q], hits.scores[q])]}
+            for q, i in enumerate(picks)]
 
 
 # ====================================================================== HTML

@@ -15,7 +15,9 @@ import pytest
 from featurekit import GHOST, shared_output
 from pipeline import svg
 from pipeline.errors import ConfigError
+from pipeline.features import read_table
 from pipeline.ledger import Ledger
+from pipeline.neighbours import nearest_videos
 from pipeline.report import failure_groups, gather, neighbour_gallery, render, write_report
 from pipeline.commit import write_part
 from pipeline.samples import write_index_video
@@ -96,7 +98,7 @@ def test_page_of_a_real_output(kit, kit_with_runs):
 
 
 def test_gallery_is_the_cosine_search(kit):
-    gallery = neighbour_gallery(kit.out, queries=4, k=3)
+    gallery = neighbour_gallery(kit.out, read_table(kit.out, "videos", ["video_id", "uri"]).to_pydict(), queries=4, k=3)
     index = VideoIndex.from_output(kit.out)
     queries = [q["video_id"] for q in gallery]
     assert queries[0] == kit.ids[0] and queries[-1] == kit.ids[-1]             # spread over the commit order
@@ -105,6 +107,18 @@ def test_gallery_is_the_cosine_search(kit):
         assert [n["video_id"] for n in query["neighbours"]] == hits.ids[q]
         scores = [n["score"] for n in query["neighbours"]]
         assert scores == sorted(scores, reverse=True) and query["video_id"] not in hits.ids[q]
+
+
+def test_neighbours_part_by_part_equal_the_whole_index(tmp_path):
+    videos = {f"v{i:02d}": f"/videos/{i}.mp4" for i in range(23)}
+    out = hand_made_output(tmp_path, videos, [], sizes=(1, 7, 1, 2, 12))       # parts of one video too
+    index = VideoIndex.from_output(out)
+    queries = ["v00", "v08", "v10", "v22"]                                     # v00 and v08: parts of one
+    for k in (1, 5, 22, 30):
+        hits, whole = nearest_videos(out, queries, k=k), index.search_ids(queries, k=k)
+        assert hits.ids == whole.ids and hits.uris == whole.uris and hits.indices.tolist() == whole.indices.tolist()
+        np.testing.assert_allclose(hits.scores, whole.scores, atol=1e-6)   # float32 dot products
+        assert hits.scores.shape == (4, min(k, 22))
 
 
 def test_failure_groups_count_by_stage_and_kind():
@@ -117,19 +131,24 @@ def test_failure_groups_count_by_stage_and_kind():
     assert [f["video_id"] for f in groups[0]["examples"]] == ["v0", "v1", "v2"]
 
 
-def hand_made_output(root, videos: dict[str, str], failures: list[dict]) -> str:
-    """An output with one committed part: `videos` id → uri (random 8-d features), and `failures`."""
+def hand_made_output(root, videos: dict[str, str], failures: list[dict], sizes: tuple[int, ...] = ()) -> str:
+    """An output of committed parts of `sizes` videos each (one part of all by default): `videos` id → uri
+    (random 8-d features); the first part also records `failures`."""
     out = str(root / "out")
     rng = np.random.default_rng(0)
-    rows, clips = [], {}
-    for vid, uri in videos.items():
-        emb, logits = rng.normal(size=8).astype(np.float32), rng.normal(size=3).astype(np.float32)
-        clips[vid] = [{"video_id": vid, "clip_index": 0, "start_s": 0.0, "end_s": 1.0, "valid_frames": 4,
-                       "frame_indices": [0, 1, 2, 3], "embedding": emb, "logits": logits}]
-        rows.append({"video_id": vid, "uri": uri, "num_clips": 1, "duration_s": 1.0, "embedding": emb,
-                     "logits": logits, "probs": np.full(3, 1 / 3, np.float32), **PROV})
-    write_part(Ledger(out), "part-r-00000", rows, clips, failures, PROV)
-    Ledger(out).record("part-r-00000", list(videos), failures)
+    ids = list(videos)
+    for p, start in enumerate(np.cumsum((0, *(sizes or (len(ids),))))[:-1]):
+        part_ids = ids[start:start + (sizes or (len(ids),))[p]]
+        rows, clips = [], {}
+        for vid in part_ids:
+            emb, logits = rng.normal(size=8).astype(np.float32), rng.normal(size=3).astype(np.float32)
+            clips[vid] = [{"video_id": vid, "clip_index": 0, "start_s": 0.0, "end_s": 1.0, "valid_frames": 4,
+                           "frame_indices": [0, 1, 2, 3], "embedding": emb, "logits": logits}]
+            rows.append({"video_id": vid, "uri": videos[vid], "num_clips": 1, "duration_s": 1.0, "embedding": emb,
+                         "logits": logits, "probs": np.full(3, 1 / 3, np.float32), **PROV})
+        part_failures = failures if p == 0 else []
+        write_part(Ledger(out), f"part-r-{p:05d}", rows, clips, part_failures, PROV)
+        Ledger(out).record(f"part-r-{p:05d}", part_ids, part_failures)
     return out
 
 

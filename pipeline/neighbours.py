@@ -1,0 +1,42 @@
+"""The nearest videos of a few query videos over a whole output, reading one Parquet part at a time.
+
+`VideoIndex.from_output` holds every embedding of an output in memory: 1.22 M videos × 768 float32 are
+3.8 GB. A report wants the neighbours of a handful of videos, and one pass over the committed parts gives
+them exactly with memory for one part: each part is searched as a small `VideoIndex` and each query keeps
+the best k hits seen so far. The hits are those of `VideoIndex.search_ids` over the whole output (ties
+aside); `indices` are rows in commit order, as `VideoIndex.from_output` numbers them.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.features import consistent, iter_tables, lookup_videos
+from pipeline.results import matrix
+from pipeline.search import Hits, VideoIndex
+
+
+@consistent
+def nearest_videos(out: str, video_ids: Sequence[str], k: int = 10) -> Hits:
+    """The k nearest committed videos (cosine of the video embeddings) of each committed video in
+    `video_ids`, each query left out of its own hits; an unknown id raises ConfigError naming it."""
+    queries = lookup_videos(out, video_ids, fields=("embedding",)).embedding
+    best: list[list[tuple]] = [[] for _ in video_ids]        # per query: (score, id, uri, row), best first
+    offset = 0
+    for table in iter_tables(out, "videos", ["video_id", "uri", "embedding"]):
+        if table.num_rows:
+            index = VideoIndex(table.column("video_id").to_pylist(), matrix(table.column("embedding")),
+                               table.column("uri").to_pylist())
+            for q, vid in enumerate(video_ids):
+                best[q] = _merge(best[q], index.search(queries[q], k, exclude=[index.row.get(vid, -1)]), offset, k)
+            offset += table.num_rows
+    return Hits([[h[1] for h in b] for b in best], [[h[2] for h in b] for b in best],
+                np.array([[h[0] for h in b] for b in best], np.float32).reshape(len(best), -1),
+                np.array([[h[3] for h in b] for b in best], np.int64).reshape(len(best), -1))
+
+
+def _merge(best: list[tuple], hits: Hits, offset: int, k: int) -> list[tuple]:
+    """A query's best hits so far and one part's hits (a single query) → the best k of both."""
+    found = zip(hits.scores[0].tolist(), hits.ids[0], hits.uris[0], (hits.indices[0] + offset).tolist())
+    return sorted([*best, *found], key=lambda h: -h[0])[:k]
