@@ -54,8 +54,8 @@ CLASSES = {   # name: (label, file name, ffmpeg encoder arguments, limit's skip_
              "-cpu-used", "5", "-row-mt", "1"], None),
 }
 PEERS = ("ours", "torchcodec", "torchcodec_torch", "decord", "decord2", "pyav_official",
-         "ours_float32")   # the last only on request
-OURS = ("ours", "ours_float32")
+         "ours_crop", "ours_float32")   # the last two only on request
+OURS = ("ours", "ours_crop", "ours_float32")
 OFFICIAL_PIXELS = ("pyav_official", "torchcodec_torch")   # peers that resize with torch, as ours does
 
 
@@ -171,8 +171,9 @@ def summarise(runs: dict) -> dict:
         sums = {n: v[0].get("checksum") for n, v in cases.items() if n in ("ours", *OFFICIAL_PIXELS)}
         out[c] = {"median": med, "fastest_peer": fastest,
                   "first_clip_identical_to_official": len(set(sums.values())) == 1 if len(sums) > 1 else None,
-                  "ours_vs_fastest_peer": med["ours"]["wall_s"] / peers[fastest] if fastest else None,
-                  "ours_vs_limit": med["ours"]["wall_s"] / med["limit"]["wall_s"],
+                  **{f"{n}_vs_fastest_peer": med[n]["wall_s"] / peers[fastest] if fastest else None
+                     for n in OURS if n in med},
+                  **{f"{n}_vs_limit": med[n]["wall_s"] / med["limit"]["wall_s"] for n in OURS if n in med},
                   "ours_cpu_vs_limit_cpu": med["ours"]["cpu_s"] / med["limit"]["cpu_s"]}
     return out
 
@@ -180,15 +181,17 @@ def summarise(runs: dict) -> dict:
 def print_table(summary: dict, peers: dict[str, Peer]) -> None:
     print("\npeers: " + ", ".join(f"{n} {p.version}" for n, p in peers.items()))
     cols = [n for n in (*PEERS, "limit") if n in peers or n == "limit"]
+    extra = [n for n in OURS[1:] if n in peers]           # our other settings against the same peers
     print("\n| encode class | " + " | ".join(cols) + " | ours ÷ fastest peer | ours ÷ limit (wall, CPU) | "
-          "first clip = official pixels |")
-    print("|---|" + "---|" * (len(cols) + 3))
+          + "".join(f"{n} ÷ fastest peer, ÷ limit | " for n in extra) + "first clip = official pixels |")
+    print("|---|" + "---|" * (len(cols) + 3 + len(extra)))
     for c, s in summary.items():
         cells = [f"{s['median'][n]['wall_s']:.2f}" if n in s["median"] else "–" for n in cols]
         peer = f"{s['ours_vs_fastest_peer']:.2f}× ({s['fastest_peer']})" if s["fastest_peer"] else "–"
+        others = "".join(f"{s[n + '_vs_fastest_peer'] or 0:.2f}×, {s[n + '_vs_limit']:.2f}× | " for n in extra)
         same = {True: "yes", False: "NO", None: "–"}[s["first_clip_identical_to_official"]]
         print(f"| {CLASSES[c][0]} | " + " | ".join(cells) + f" | {peer} | {s['ours_vs_limit']:.2f}×, "
-              f"{s['ours_cpu_vs_limit_cpu']:.2f}× | {same} |")
+              f"{s['ours_cpu_vs_limit_cpu']:.2f}× | {others}{same} |")
 
 
 def main() -> None:
@@ -197,8 +200,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--classes", default=",".join(CLASSES))
-    ap.add_argument("--peers", default=",".join(PEERS[:-1]),
-                    help="which peers to run (ours always runs; ours_float32: our exact-preprocessing setting)")
+    ap.add_argument("--peers", default=",".join(PEERS[:-2]),
+                    help="which peers to run (ours always runs; ours_crop: with the centre crop in the resize, as the "
+                         "pipeline runs with one crop; ours_float32: our exact-preprocessing setting)")
     ap.add_argument("--peer-path", action="append", default=[], metavar="NAME=DIR",
                     help="PYTHONPATH entry for one peer, e.g. decord=/opt/decord06 decord2=/opt/decord2")
     ap.add_argument("--cpu", type=int, default=os.cpu_count() - 1,
