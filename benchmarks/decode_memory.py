@@ -114,6 +114,16 @@ def rss_mib(pid: int) -> tuple[float, float]:
         return 0.0, 0.0
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size of a live process, MiB: shared pages (libraries, the frames' shared memory,
+    Ray's object store) divided among the processes mapping them — what one more slot costs a node."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return next(int(l.split()[1]) / 1024 for l in fh if l.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def real_run(workdir: str, videos: int) -> dict:
     """Run the pipeline on `videos` generated videos, polling the decode slots' processes."""
     from pipeline.config import Config
@@ -132,11 +142,13 @@ def real_run(workdir: str, videos: int) -> dict:
     def poll() -> None:
         while not done.is_set():
             for child, parent in watchdog_workers().items():
-                rec = seen.setdefault(child, {"parent": parent, "child_hwm": 0.0, "parent_hwm": 0.0, "slot_rss": 0.0})
+                rec = seen.setdefault(child, {"parent": parent, "child_hwm": 0.0, "parent_hwm": 0.0, "slot_rss": 0.0,
+                                              "slot_pss": 0.0})
                 c_rss, c_hwm = rss_mib(child)
                 p_rss, p_hwm = rss_mib(parent)
                 rec["child_hwm"], rec["parent_hwm"] = max(rec["child_hwm"], c_hwm), max(rec["parent_hwm"], p_hwm)
                 rec["slot_rss"] = max(rec["slot_rss"], c_rss + p_rss)
+                rec["slot_pss"] = max(rec["slot_pss"], pss_mib(child) + pss_mib(parent))
             time.sleep(0.2)
 
     thread = threading.Thread(target=poll, daemon=True)
@@ -184,7 +196,8 @@ def main() -> None:
         print(f"real run: {r['ok']}/{r['videos']} videos in {r['wall_s']:.0f} s; {r['worker_starts']} watchdog "
               f"worker starts in {r['decode_processes']} decode processes; slots: "
               + "; ".join(f"Ray process peak {s['parent_hwm']:.0f} + worker peak {s['child_hwm']:.0f} MiB "
-                          f"(together at most {s['slot_rss']:.0f} MiB at once)" for s in r["slots"]))
+                          f"(together at most {s['slot_rss']:.0f} MiB RSS, {s['slot_pss']:.0f} MiB PSS at once)"
+                          for s in r["slots"]))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

@@ -57,7 +57,8 @@ def _decode_one(vid: str, uri: str, cfg: Config):
 
 def clip_batch(vid: str, uri: str, clip, cfg: Config, last: bool, seconds: float) -> dict[str, np.ndarray]:
     """One decoded clip as a one-row batch: its crops [1, crops, T, S, S, 3] and plan metadata."""
-    crops = np.stack(crop(clip.frames, cfg.preprocess.size, cfg.preprocess.crops))   # [crops, T, S, S, 3]
+    views = crop(clip.frames, cfg.preprocess.size, cfg.preprocess.crops)
+    crops = views[0][None] if len(views) == 1 else np.stack(views)   # [crops, T, S, S, 3]; one crop: no copy
     return {
         "video_id": np.array([vid]), "uri": np.array([uri]), "clip_index": np.array([clip.index], np.int32),
         "last": np.array([last]), "start_s": np.array([clip.start_s]), "end_s": np.array([clip.end_s]),
