@@ -146,7 +146,10 @@ def _cosines(q: torch.Tensor, chunk: torch.Tensor, buffer: torch.Tensor) -> torc
 
 def _normalised(embeddings, device: torch.device) -> torch.Tensor:
     """float [N, D] (numpy or torch) → float32 [N, D] unit rows on `device` (zero rows stay zero)."""
-    x = embeddings if isinstance(embeddings, torch.Tensor) else torch.from_numpy(np.asarray(embeddings))
+    if not isinstance(embeddings, torch.Tensor):
+        array = np.asarray(embeddings)                 # torch warns on read-only memory (an Arrow buffer):
+        embeddings = torch.from_numpy(array if array.flags.writeable else array.copy())   # normalize copies anyway
+    x = embeddings
     if x.ndim != 2:
         raise ConfigError(f"embeddings must be [N, D], got shape {tuple(x.shape)}")
     return F.normalize(x.to(device=device, dtype=torch.float32), dim=1)

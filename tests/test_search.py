@@ -174,3 +174,10 @@ def test_cli_unknown_id_names_it(kit, capsys):
         run_search(capsys, kit.out, "--video-id", "not-a-video")
     with pytest.raises(ConfigError, match=GHOST):
         run_search(capsys, kit.out, "--video-id", GHOST)                       # uncommitted: unknown
+
+
+def test_a_read_only_array_is_taken_without_a_warning(recwarn):
+    emb = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    emb.flags.writeable = False                         # as numpy views of Arrow buffers come
+    hits = VideoIndex([f"v{i}" for i in range(5)], emb, device="cpu").search(emb[:1], k=1)
+    assert hits.ids == [["v0"]] and not [w for w in recwarn if "not writable" in str(w.message)]
