@@ -87,7 +87,7 @@ class VideoIndex:
         """The k nearest videos of each query embedding, queries float [Q, D] or [D] (numpy, or torch on
         any device). `exclude` int64 [Q]: a row to leave out of each query's hits (-1: none). k is capped
         at what remains."""
-        q = queries.float() if isinstance(queries, torch.Tensor) else torch.from_numpy(np.asarray(queries, np.float32))
+        q = queries.float() if isinstance(queries, torch.Tensor) else _tensor(np.asarray(queries, np.float32))
         q = q.reshape(-1, q.shape[-1])
         if q.shape[1] != self.dim and len(self):
             raise ConfigError(f"queries have {q.shape[1]} dimensions, the index {self.dim}")
@@ -144,12 +144,15 @@ def _cosines(q: torch.Tensor, chunk: torch.Tensor, buffer: torch.Tensor) -> torc
     return torch.mm(q, chunk.T, out=buffer[:b * c].view(b, c))
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """numpy → torch sharing memory; a read-only array (a view of an Arrow buffer) is copied, since torch
+    warns on those (and the searches only read or copy their inputs anyway)."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def _normalised(embeddings, device: torch.device) -> torch.Tensor:
     """float [N, D] (numpy or torch) → float32 [N, D] unit rows on `device` (zero rows stay zero)."""
-    if not isinstance(embeddings, torch.Tensor):
-        array = np.asarray(embeddings)                 # torch warns on read-only memory (an Arrow buffer):
-        embeddings = torch.from_numpy(array if array.flags.writeable else array.copy())   # normalize copies anyway
-    x = embeddings
+    x = embeddings if isinstance(embeddings, torch.Tensor) else _tensor(np.asarray(embeddings))
     if x.ndim != 2:
         raise ConfigError(f"embeddings must be [N, D], got shape {tuple(x.shape)}")
     return F.normalize(x.to(device=device, dtype=torch.float32), dim=1)
