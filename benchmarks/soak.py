@@ -48,9 +48,10 @@ def start(source: str, out: str, config: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def records(out: str) -> int:
-    """Commit records so far (folded into the index or not)."""
-    return len(Ledger(out).load().records)
+def settled(out: str) -> int:
+    """Videos committed so far, done or failed (part records are not a count: compaction merges them)."""
+    state = Ledger(out).load()
+    return len(state.done) + len(state.failed)
 
 
 def main() -> None:
@@ -70,12 +71,12 @@ def main() -> None:
         fh.write("model: {preset: tiny, checkpoint: random}\nrun: {commit_every: 8}\n")
     rounds = []
     for _ in range(args.kills + 1):
-        before, t0 = records(out), time.time()
+        before, t0 = settled(out), time.time()
         proc = start(source, out, config)
         first_commit = None
         deadline = t0 + rng.uniform(args.min_delay, args.max_delay) if len(rounds) < args.kills else None
         while proc.poll() is None and (deadline is None or time.time() < deadline):
-            if first_commit is None and records(out) > before:
+            if first_commit is None and settled(out) > before:
                 first_commit = time.time() - t0
             time.sleep(0.1)
         killed = proc.poll() is None
@@ -83,7 +84,7 @@ def main() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         rounds.append({"killed": killed, "seconds": round(time.time() - t0, 1), "exit": proc.returncode,
-                       "new_parts": records(out) - before,
+                       "new_videos": settled(out) - before,
                        "first_commit_s": round(first_commit, 1) if first_commit else None})
         time.sleep(3)                                               # let the killed Ray's workers exit
     ids = [r.video_id for r in read_corpus(source)]
