@@ -95,6 +95,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.console import failure_lines
     from pipeline.status import status
 
     report = status(args.out, source=args.source)
@@ -103,8 +104,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"{args.out}: {report['done']} done, {report['failed']} failed, "
               f"{report['pending'] if report['pending'] is not None else '?'} pending; {report['parts']} parts")
-        for f in report["failures"][:20]:
-            print(f"  failed: {f['video_id']} [{f['stage']}] {f['error']}")
+        for line in failure_lines(report["failures"], report["failed"], args.out):
+            print(line)
     return EXIT_OK
 
 

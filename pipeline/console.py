@@ -39,6 +39,7 @@ from typing import Iterator, TextIO
 
 RAY_LOGGERS = ("ray", "ray.data")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SHOWN_FAILURES = 20     # failures printed at the end of a run and by `vidfeat status`
 
 
 # ====================================================================== logging
@@ -209,7 +210,8 @@ def describe_cluster() -> str:
 
 def print_summary(s: dict, checkpoint: str | None = None, out: str | None = None,
                   stream: TextIO | None = None) -> None:
-    """The end of a run: counts, throughput, time per stage, failures (up to 20), where to look next.
+    """The end of a run: counts, throughput, time per stage, failures (SHOWN_FAILURES of them, and how
+    many more), where to look next.
     `s` is a `RunSummary.to_dict()`."""
     stream = stream or sys.stdout
     lines = []
@@ -220,10 +222,20 @@ def print_summary(s: dict, checkpoint: str | None = None, out: str | None = None
                  f"({s['video_s_per_s']:.1f} video-s/s)")
     lines.append(f"time per stage (summed over workers): decode {s['decode_s']:.1f} s, inference "
                  f"{s['infer_s']:.1f} s, commit {s['commit_s']:.1f} s; inference on: {', '.join(s['devices']) or '-'}")
-    lines += [f"  failed: {f['video_id']} [{f['stage']}] {f['error']}" for f in s["failures"][:20]]
+    lines += failure_lines(s["failures"], s["failed"], out)
     if out:
         lines.append(f"HTML report: vidfeat report {out}")
     print("\n".join(lines), file=stream, flush=True)
+
+
+def failure_lines(failures: list[dict], total: int, out: str | None) -> list[str]:
+    """Up to SHOWN_FAILURES failures, a line each, then how many more and where they all are."""
+    shown = failures[:SHOWN_FAILURES]
+    lines = [f"  failed: {f['video_id']} [{f['stage']}] {f['error']}" for f in shown]
+    if total > len(shown):
+        lines.append(f"  ... and {total - len(shown)} more: `vidfeat status {out or 'OUT'} --json` lists every "
+                     "failure, as do the Parquet files of failures/")
+    return lines
 
 
 def _clock(seconds: float) -> str:

@@ -64,6 +64,19 @@ def test_summary_lines():
     text = out.getvalue()
     assert "random model weights" in text and "videos: 3 ok, 1 failed, 2 skipped (of 6)" in text
     assert "failed: b.mp4 [decode] corrupt: x" in text and "HTML report: vidfeat report s3://b/o" in text
+    assert "more" not in text
+
+
+def test_summary_says_how_many_failures_it_does_not_show():
+    out = io.StringIO()
+    failures = [{"video_id": f"v{i}", "stage": "decode", "error": "not_found: x"} for i in range(100)]
+    summary = {"ok": 0, "failed": 20000, "skipped": 0, "total": 20000, "clips": 0, "video_hours": 0.0,
+               "wall_s": 60.0, "video_s_per_s": 0.0, "decode_s": 0.0, "infer_s": 0.0, "commit_s": 0.1,
+               "devices": [], "failures": failures}
+    print_summary(summary, out="/data/out", stream=out)
+    lines = out.getvalue().splitlines()
+    assert sum(line.startswith("  failed: ") for line in lines) == 20
+    assert "  ... and 19980 more: `vidfeat status /data/out --json` lists every failure" in out.getvalue()
 
 
 ROUTING = textwrap.dedent("""
