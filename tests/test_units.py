@@ -241,3 +241,23 @@ def test_cluster_yaml_declares_what_the_howto100m_job_asks_for():
     gpu = nodes["gpu_h100"]
     assert gpu["node_config"]["InstanceType"] == "p5.48xlarge"
     assert gpu["resources"]["decode"] + 8 <= 192                       # 8 GPUs, one actor CPU each
+
+
+def test_published_files_are_readable_as_a_plain_open_would_make_them(tmp_path):
+    """tempfile makes 0600 files; a teammate who can read the data must be able to read the ledger too."""
+    from pipeline.sinks import publish
+    from pipeline.sinks.publish import FILE_MODE, publish_bytes, publish_file
+
+    assert FILE_MODE == 0o666 & ~publish._umask() and FILE_MODE & 0o600 == 0o600
+    publish_bytes(b"{}", str(tmp_path / "out" / "run.json"))
+    local = tmp_path / "made.bin"
+    local.write_bytes(b"x")
+    os.chmod(local, 0o600)
+    publish_file(str(local), str(tmp_path / "out" / "part.bin"))
+    ledger = Ledger(str(tmp_path / "out"))
+    ledger.record("part-a", ["v1"], [])
+    ledger.fold()
+    published = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "out") for f in files
+                 if not f.startswith(".")]
+    assert len(published) >= 4                        # run.json, part.bin, the record, the index
+    assert {oct(os.stat(p).st_mode & 0o777) for p in published} == {oct(FILE_MODE)}

@@ -3,7 +3,9 @@
 Local disk: the file is moved next to its destination under a hidden temporary name (`.tmp-…`), then
 renamed over it (`os.replace`, atomic on POSIX). Object stores: one upload to the final key, which S3,
 GCS and Azure make visible only when complete (an interrupted multipart upload shows nothing).
-Readers ignore names starting with `.` or `_`, so a leftover temporary is never read.
+Readers ignore names starting with `.` or `_`, so a leftover temporary is never read. A published local
+file has the permissions a plain `open` would give it (0666 less the umask), whichever temporary it
+came from.
 """
 from __future__ import annotations
 
@@ -19,6 +21,16 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline.faults import failpoint
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)     # the only way to read it is to set it: put it back at once
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()   # published files get the process's default permissions (read at import),
+                                # so a teammate who can read the data files can read the ledger too
+
+
 def publish_file(local_path: str, url: str) -> None:
     """Move/upload `local_path` to `url` atomically (see module doc). `local_path` is consumed."""
     fs, path = url_to_fs(url)
@@ -27,6 +39,7 @@ def publish_file(local_path: str, url: str) -> None:
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
         shutil.move(local_path, tmp)
+        os.chmod(tmp, FILE_MODE)        # as a plain `open` would create it (tempfile's files are 0600)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
