@@ -58,7 +58,7 @@ class VideoIndex:
         self.vectors = _normalised(embeddings, self.device)          # float32 [N, D], unit rows
         self.query_batch, self.chunk_rows = query_batch, chunk_rows
         self.row = {vid: i for i, vid in enumerate(self.ids)}
-        log.info("index of %d videos × %d dims on %s", len(self.ids), self.vectors.shape[1], self.device)
+        log.debug("index of %d videos × %d dims on %s", len(self.ids), self.vectors.shape[1], self.device)
 
     @classmethod
     def from_features(cls, videos: VideoFeatures, **kw) -> "VideoIndex":
