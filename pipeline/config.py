@@ -71,6 +71,8 @@ class DecodeConfig:
     centre_crop: bool = False          # frames come back cut to the centre size×size crop (what the
                                        # pipeline feeds the model with one crop): the same pixels as
                                        # resizing whole frames and cropping, about half the resize work
+                                       # (a frame size that changes mid-stream: each frame is cut from
+                                       # its own geometry, not refitted to the first frame's)
 
 
 @dataclass(frozen=True)

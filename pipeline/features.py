@@ -39,6 +39,9 @@ READ_ATTEMPTS = 5          # a compaction can replace files between reading the 
 VIDEO_FIELDS = ("embedding", "logits", "probs")
 CLIP_FIELDS = ("embedding", "logits")
 _TASK_NAMES = ("Labels", "TaskDataset", "collate", "read_labels")      # in pipeline/task_dataset.py
+__all__ = ["SOURCES", "VIDEO_FIELDS", "CLIP_FIELDS", "consistent", "part_urls", "iter_tables", "read_table",
+           "video_embeddings", "VideoFeatures", "ClipFeatures", "load_videos", "load_clips", "lookup_videos",
+           "H5Part", "h5_parts", *_TASK_NAMES]
 
 
 def __getattr__(name: str):

@@ -21,6 +21,8 @@ from pipeline.search import Hits, VideoIndex
 def nearest_videos(out: str, video_ids: Sequence[str], k: int = 10) -> Hits:
     """The k nearest committed videos (cosine of the video embeddings) of each committed video in
     `video_ids`, each query left out of its own hits; an unknown id raises ConfigError naming it."""
+    if not video_ids:
+        return Hits([], [], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int64))
     queries = lookup_videos(out, video_ids, fields=("embedding",)).embedding
     best: list[list[tuple]] = [[] for _ in video_ids]        # per query: (score, id, uri, row), best first
     offset = 0

@@ -61,7 +61,7 @@ def gather(out: str, queries: int = 4, k: int = 4) -> ReportData:
     data.failures = failure_groups(list(state.failed.values()))
     columns = ["video_id", "uri", "num_clips", "duration_s"]
     data.videos = read_table(out, "videos", columns).to_pydict()
-    data.gallery = neighbour_gallery(out, data.videos, queries, k) if data.videos["video_id"] else []
+    data.gallery = neighbour_gallery(out, queries, k, videos=data.videos) if data.videos["video_id"] else []
     return data
 
 
@@ -100,9 +100,11 @@ def failure_groups(failures: list[dict]) -> list[dict]:
             for (stage, kind), items in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))]
 
 
-def neighbour_gallery(out: str, videos: dict, queries: int = 4, k: int = 4) -> list[dict]:
-    """For up to `queries` of `videos` (columns video_id, uri, in commit order), spread over the commit
-    order: their k nearest videos (cosine), found one part at a time (pipeline/neighbours.py)."""
+def neighbour_gallery(out: str, queries: int = 4, k: int = 4, videos: dict | None = None) -> list[dict]:
+    """For up to `queries` committed videos spread over the commit order: their k nearest videos (cosine),
+    found one part at a time (pipeline/neighbours.py). `videos`: the output's columns video_id and uri in
+    commit order, when the caller has read them already."""
+    videos = videos or read_table(out, "videos", ["video_id", "uri"]).to_pydict()
     ids = videos["video_id"]
     picks = sorted(set(np.linspace(0, len(ids) - 1, min(queries, len(ids))).round().astype(int)))
     hits = nearest_videos(out, [ids[i] for i in picks], k=k)

@@ -22,13 +22,20 @@ from pipeline.faults import failpoint
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)     # the only way to read it is to set it: put it back at once
-    os.umask(mask)
-    return mask
+    """The process's umask, read without changing it (Linux: /proc); elsewhere set and put back."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
-FILE_MODE = 0o666 & ~_umask()   # published files get the process's default permissions (read at import),
-                                # so a teammate who can read the data files can read the ledger too
+def file_mode() -> int:
+    """What a plain `open` would create a file with: 0666 less the umask. Published files get it, so a
+    teammate who can read the data files can read the ledger too (tempfile's files are 0600)."""
+    return 0o666 & ~_umask()
 
 
 def publish_file(local_path: str, url: str) -> None:
@@ -39,8 +46,8 @@ def publish_file(local_path: str, url: str) -> None:
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
         shutil.move(local_path, tmp)
-        os.chmod(tmp, FILE_MODE)        # as a plain `open` would create it (tempfile's files are 0600)
-        with open(tmp, "rb+") as fh:
+        with open(tmp, "rb") as fh:
+            os.fchmod(fh.fileno(), file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     else:
