@@ -137,8 +137,6 @@ def _first_bad_row(source: str) -> int | None:
 
 def _strings(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
     column = table.column(name)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column.cast(pa.string())
     try:
         return column.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

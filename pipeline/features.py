@@ -40,8 +40,8 @@ VIDEO_FIELDS = ("embedding", "logits", "probs")
 CLIP_FIELDS = ("embedding", "logits")
 _TASK_NAMES = ("Labels", "TaskDataset", "collate", "read_labels")      # in pipeline/task_dataset.py
 __all__ = ["SOURCES", "VIDEO_FIELDS", "CLIP_FIELDS", "consistent", "part_urls", "iter_tables", "read_table",
-           "video_embeddings", "VideoFeatures", "ClipFeatures", "load_videos", "load_clips", "lookup_videos",
-           "H5Part", "h5_parts", *_TASK_NAMES]
+           "video_embeddings", "float_matrix", "VideoFeatures", "ClipFeatures", "load_videos", "load_clips",
+           "lookup_videos", "H5Part", "h5_parts", *_TASK_NAMES]
 
 
 def __getattr__(name: str):
@@ -185,7 +185,7 @@ def load_videos(out: str, source: str = "parquet", fields: Sequence[str] = ("emb
     if source == "parquet":
         t = read_table(out, "videos", ["video_id", "uri", "num_clips", *fields])
         return VideoFeatures(_strings(t, "video_id"), _strings(t, "uri"), _ints(t, "num_clips"),
-                             **{f: _matrix(t.column(f)) for f in fields})
+                             **{f: float_matrix(t.column(f)) for f in fields})
     parts = h5_parts(out)
     return VideoFeatures([i for p in parts for i in p.ids], [u for p in parts for u in p.uris],
                          _concat([p.array("num_clips") for p in parts], np.int32, 1),
@@ -216,7 +216,7 @@ def lookup_videos(out: str, video_ids: Sequence[str], fields: Sequence[str] = ("
         raise ConfigError(f"unknown video id(s) {missing[:10]}: not among the committed videos of {out}")
     table = table.take(pa.array([position[v] for v in video_ids], pa.int64()))
     return VideoFeatures(_strings(table, "video_id"), _strings(table, "uri"), _ints(table, "num_clips"),
-                         **{f: _matrix(table.column(f)) for f in fields})
+                         **{f: float_matrix(table.column(f)) for f in fields})
 
 
 def _parquet_clips(out: str, fields: tuple[str, ...]) -> ClipFeatures:
@@ -232,7 +232,7 @@ def _parquet_clips(out: str, fields: tuple[str, ...]) -> ClipFeatures:
     order = np.lexsort((clip_index, owner))           # already grouped as written; this makes sure
     counts = np.bincount(owner, minlength=len(videos))
     columns = {"clip_index": clip_index, "start_s": _floats(clips, "start_s"), "end_s": _floats(clips, "end_s"),
-               "valid_frames": _ints(clips, "valid_frames"), **{f: _matrix(clips.column(f)) for f in fields}}
+               "valid_frames": _ints(clips, "valid_frames"), **{f: float_matrix(clips.column(f)) for f in fields}}
     if not np.array_equal(order, np.arange(len(order))):
         columns = {k: v[order] for k, v in columns.items()}
     return ClipFeatures(videos.to_pylist(), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), **columns)
@@ -339,7 +339,7 @@ def _concat(arrays: list[np.ndarray], dtype=np.float32, ndim: int = 2) -> np.nda
     return np.concatenate(arrays)
 
 
-def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+def float_matrix(column: pa.ChunkedArray) -> np.ndarray:
     """A fixed-size-list float32 column → a writable float32 [N, D] array, copied once, chunk by chunk,
     without per-row Python objects."""
     if len(column) == 0:

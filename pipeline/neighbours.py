@@ -12,8 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.features import consistent, iter_tables, lookup_videos
-from pipeline.results import matrix
+from pipeline.features import consistent, float_matrix, iter_tables, lookup_videos
 from pipeline.search import Hits, VideoIndex
 
 
@@ -28,7 +27,7 @@ def nearest_videos(out: str, video_ids: Sequence[str], k: int = 10) -> Hits:
     offset = 0
     for table in iter_tables(out, "videos", ["video_id", "uri", "embedding"]):
         if table.num_rows:
-            index = VideoIndex(table.column("video_id").to_pylist(), matrix(table.column("embedding")),
+            index = VideoIndex(table.column("video_id").to_pylist(), float_matrix(table.column("embedding")),
                                table.column("uri").to_pylist())
             for q, vid in enumerate(video_ids):
                 best[q] = _merge(best[q], index.search(queries[q], k, exclude=[index.row.get(vid, -1)]), offset, k)

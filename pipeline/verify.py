@@ -11,7 +11,7 @@ import collections
 import numpy as np
 
 from pipeline import segments
-from pipeline.features import _matrix
+from pipeline.features import float_matrix
 from pipeline.ledger import Ledger
 
 _FLOAT_LISTS = ("embedding", "logits", "probs")        # fixed-size float32 lists → [N, D] arrays
@@ -85,7 +85,7 @@ def _read_part(ledger: Ledger, files: dict) -> tuple[dict, dict, dict]:
     def table(path, columns):
         with ledger.fs.open(path, "rb") as fh:
             t = pq.read_table(fh, columns=columns)
-        return {c: _matrix(t.column(c)) if c in _FLOAT_LISTS else t.column(c).to_pylist() for c in columns}
+        return {c: float_matrix(t.column(c)) if c in _FLOAT_LISTS else t.column(c).to_pylist() for c in columns}
 
     with ledger.fs.open(files["hdf5"], "rb") as fh, h5py.File(fh, "r") as f:
         h5 = {k: f[k][()] for k in ("video_id", "num_clips", "clip_offset", "embedding", "logits", "probs")}
