@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.features import consistent, float_matrix, iter_tables, lookup_videos
+from pipeline.features import VideoFeatures, consistent, float_matrix, iter_tables, lookup_videos
 from pipeline.search import Hits, VideoIndex
 
 
@@ -22,15 +22,20 @@ def nearest_videos(out: str, video_ids: Sequence[str], k: int = 10) -> Hits:
     `video_ids`, each query left out of its own hits; an unknown id raises ConfigError naming it."""
     if not video_ids:
         return Hits([], [], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int64))
-    queries = lookup_videos(out, video_ids, fields=("embedding",)).embedding
-    best: list[list[tuple]] = [[] for _ in video_ids]        # per query: (score, id, uri, row), best first
+    return nearest_to(out, lookup_videos(out, video_ids, fields=("embedding",)), k)
+
+
+def nearest_to(out: str, queries: VideoFeatures, k: int = 10) -> Hits:
+    """`nearest_videos` for query videos already looked up (`lookup_videos(..., fields=("embedding",))`)."""
+    best: list[list[tuple]] = [[] for _ in queries.ids]       # per query: (score, id, uri, row), best first
     offset = 0
     for table in iter_tables(out, "videos", ["video_id", "uri", "embedding"]):
         if table.num_rows:
             index = VideoIndex(table.column("video_id").to_pylist(), float_matrix(table.column("embedding")),
                                table.column("uri").to_pylist())
-            for q, vid in enumerate(video_ids):
-                best[q] = _merge(best[q], index.search(queries[q], k, exclude=[index.row.get(vid, -1)]), offset, k)
+            for q, vid in enumerate(queries.ids):
+                hits = index.search(queries.embedding[q], k, exclude=[index.row.get(vid, -1)])
+                best[q] = _merge(best[q], hits, offset, k)
             offset += table.num_rows
     return Hits([[h[1] for h in b] for b in best], [[h[2] for h in b] for b in best],
                 np.array([[h[0] for h in b] for b in best], np.float32).reshape(len(best), -1),

@@ -23,9 +23,9 @@ import numpy as np
 
 from pipeline import svg
 from pipeline.errors import ConfigError
-from pipeline.features import read_table
+from pipeline.features import lookup_videos, read_table
 from pipeline.ledger import Ledger
-from pipeline.neighbours import nearest_videos
+from pipeline.neighbours import nearest_to
 from pipeline.sinks import publish_bytes
 from pipeline.thumbnails import strip_data_uri
 
@@ -58,10 +58,11 @@ def gather(out: str, queries: int = 4, k: int = 4) -> ReportData:
     data.runs, data.notes = read_runs(ledger)
     if not (data.pinned or data.runs or state.parts):
         raise ConfigError(f"{out} is not a vidfeat output directory: no run.json, run record or committed part")
-    data.failures = failure_groups(list(state.failed.values()))
-    columns = ["video_id", "uri", "num_clips", "duration_s"]
+    data.failures = failure_groups(state.failures.to_pylist())
+    columns = ["video_id", "num_clips", "duration_s"]
     data.videos = read_table(out, "videos", columns).to_pydict()
-    data.gallery = neighbour_gallery(out, queries, k, videos=data.videos) if data.videos["video_id"] else []
+    ids = data.videos["video_id"]
+    data.gallery = neighbour_gallery(out, queries, k, video_ids=ids) if ids else []
     return data
 
 
@@ -100,18 +101,18 @@ def failure_groups(failures: list[dict]) -> list[dict]:
             for (stage, kind), items in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0]))]
 
 
-def neighbour_gallery(out: str, queries: int = 4, k: int = 4, videos: dict | None = None) -> list[dict]:
+def neighbour_gallery(out: str, queries: int = 4, k: int = 4, video_ids: list[str] | None = None) -> list[dict]:
     """For up to `queries` committed videos spread over the commit order: their k nearest videos (cosine),
-    found one part at a time (pipeline/neighbours.py). `videos`: the output's columns video_id and uri in
-    commit order, when the caller has read them already."""
-    videos = videos or read_table(out, "videos", ["video_id", "uri"]).to_pydict()
-    ids = videos["video_id"]
+    found one part at a time (pipeline/neighbours.py). `video_ids`: the output's ids in commit order,
+    when the caller has read them already."""
+    ids = video_ids if video_ids is not None else read_table(out, "videos", ["video_id"]).column("video_id").to_pylist()
     picks = sorted(set(np.linspace(0, len(ids) - 1, min(queries, len(ids))).round().astype(int)))
-    hits = nearest_videos(out, [ids[i] for i in picks], k=k)
-    return [{"video_id": ids[i], "uri": videos["uri"][i],
+    chosen = lookup_videos(out, [ids[i] for i in picks], fields=("embedding",))
+    hits = nearest_to(out, chosen, k=k)
+    return [{"video_id": vid, "uri": uri,
              "neighbours": [{"video_id": v, "uri": u, "score": float(s)}
                             for v, u, s in zip(hits.ids[q], hits.uris[q], hits.scores[q])]}
-            for q, i in enumerate(picks)]
+            for q, (vid, uri) in enumerate(zip(chosen.ids, chosen.uris))]
 
 
 # ====================================================================== HTML
