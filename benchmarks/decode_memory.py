@@ -53,6 +53,11 @@ def torch_in(pid="self"):
 
 tiny, video, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
 cfg = Config().replace(decode={"timeout_s": timeout})
+try:
+    from pipeline.decode_stage import decoding_config       # as the stage decodes (one crop: cut in the resize)
+    cfg = decoding_config(cfg)
+except ImportError:                                         # a checkout from before it (--compare)
+    pass
 def decode(path):
     t = time.perf_counter()
     for clip in decode_clips(path, cfg):

@@ -114,8 +114,9 @@ import torch
 torch.set_num_threads(1)
 from pipeline.config import Config
 from pipeline.decode import decode_clips
+from pipeline.decode_stage import decoding_config
 path, warm, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-config = Config()
+config = decoding_config(Config())               # as the pipeline's decode stage runs it
 sum(1 for _ in decode_clips(warm, config))       # imports done, watchdog worker started
 print("ready", flush=True)
 sys.stdin.readline()

@@ -27,6 +27,7 @@ import torch
 from decode_throughput import encode
 from pipeline.config import Config
 from pipeline.decode import decode_clips
+from pipeline.decode_stage import decoding_config
 from pipeline.infer import ClipEmbedder
 from pipeline.runner import run_extract
 
@@ -39,7 +40,7 @@ def bench_config() -> Config:
 
 def decode_only(paths: list[str], config: Config) -> tuple[float, int]:
     """Seconds to decode every clip of every video in this process; clips decoded."""
-    start, clips = time.perf_counter(), 0
+    start, clips, config = time.perf_counter(), 0, decoding_config(config)     # as the decode stage runs
     for path in paths:
         clips += sum(1 for _ in decode_clips(path, config))
     return time.perf_counter() - start, clips

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def decode_videos(batch: dict[str, np.ndarray], config: dict):
     """Decode every video row of `batch`; yield one batch per clip, or one failure batch per bad video."""
-    cfg = Config.from_dict(config)
+    cfg = decoding_config(Config.from_dict(config))
     node = ray_node_id()
     for vid, uri in zip(batch["video_id"], batch["uri"]):
         for out in _decode_one(str(vid), str(uri), cfg):
@@ -35,14 +35,18 @@ def decode_videos(batch: dict[str, np.ndarray], config: dict):
             yield out
 
 
+def decoding_config(cfg: Config) -> Config:
+    """The config the stage decodes with: with one crop the decoder cuts the centre crop while resizing
+    (`decode.centre_crop`: the same pixels, half the resize work); with several, it returns whole frames."""
+    return cfg.replace(decode={"centre_crop": cfg.preprocess.crops == 1})
+
+
 def _decode_one(vid: str, uri: str, cfg: Config):
     from pipeline.decode import decode_clips
 
-    # one centre crop: the decoder cuts it while resizing (same pixels, half the resize work)
-    decoding = cfg.replace(decode={"centre_crop": True}) if cfg.preprocess.crops == 1 else cfg
     held, start = None, time.perf_counter()
     try:
-        for clip in decode_clips(uri, decoding, video_id=vid):
+        for clip in decode_clips(uri, cfg, video_id=vid):
             if held is not None:
                 yield clip_batch(vid, uri, held, cfg, last=False, seconds=time.perf_counter() - start)
                 start = time.perf_counter()
