@@ -143,10 +143,7 @@ class Assembler:
             log.warning("%s: frame size changes mid-stream; fitting %s to %s", self.video, (h, w, 3), self.shape)
             rgb = bilinear.resize(rgb, h, w) if (h, w) != rgb.shape[:2] else np.ascontiguousarray(rgb[..., :3])
             h, w = out.shape[:2]
-        if (h, w) == rgb.shape[:2]:
-            out[...] = rgb[..., :3]
-            return out
-        return bilinear.resize(rgb, h, w, out=out)
+        return _resize_window(rgb, h, w, (0, 0, h, w), out)
 
     def _emit(self, index: int) -> Clip:
         spec = self.plan[index]
