@@ -29,3 +29,13 @@ class DecodeError(VidfeatError):
 
     def __reduce__(self):
         return (type(self), (self.video, self.kind, self.reason))
+
+
+class DamagedOutputError(ConfigError):
+    """An output directory whose ledger cannot be trusted as it is (a record that cannot be read, a
+    commit by a writer that lost its lease): nothing is deleted; the message names the file."""
+
+
+class LeaseLostError(VidfeatError):
+    """This writer no longer holds the output's lease (another writer took it over, or its heartbeat could
+    not be published): it stops before it commits anything more."""
