@@ -8,6 +8,12 @@ so local paths and s3://, gs://, ... work alike.
 A manifest is read and checked as Arrow columns, never as one Python object per row: a 1.22 M-row
 manifest reads in about a second. Problems name the rows (1-based, header not counted): a missing
 `uri` column, rows without a uri, and ids used by more than one row.
+
+Ids and uris are carried byte for byte to every output (the Parquet parts, the HDF5 parts, the ledger,
+the failures table): any Unicode text, control characters, combining marks and ids of any length
+included. Two kinds of text cannot be carried and are refused here, with the rows named: text that is
+not valid UTF-8 (a lone surrogate in JSON, Latin-1 bytes in a CSV) and text holding a NUL character,
+which HDF5's strings cannot hold and C libraries cut short.
 """
 from __future__ import annotations
 
@@ -73,6 +79,7 @@ def load_corpus(source: str) -> Corpus:
         raise ConfigError(f"source {source!r} is neither a manifest ({', '.join(MANIFEST_EXTENSIONS)}), "
                           f"a directory nor a glob that exists")
     _check_unique(table, source)
+    _check_no_nul(table, source)
     return Corpus(source, table)
 
 
@@ -117,22 +124,33 @@ def _read_table(source: str) -> pa.Table:
 
 def _first_bad_row(source: str) -> int | None:
     """The first data row of a CSV / JSON-lines manifest that does not parse (a CSV row with another
-    number of fields than the header, a line that is not a JSON object); None if none is found."""
+    number of fields than the header, a line that is not a JSON object, text that is not valid UTF-8);
+    None if none is found."""
     import csv
     import json
 
-    with fsspec.open(source, "r", newline="") as fh:
+    with fsspec.open(source, "r", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         if source.lower().endswith(".csv"):
             rows = csv.reader(fh)
             width = len(next(rows, []))
-            return next((i for i, row in enumerate(rows, 1) if row and len(row) != width), None)
+            return next((i for i, row in enumerate(rows, 1)
+                         if row and (len(row) != width or not _utf8(",".join(row)))), None)
         for i, line in enumerate((line for line in fh if line.strip()), 1):
             try:
-                if not isinstance(json.loads(line), dict):
+                if not isinstance(obj := json.loads(line), dict) or not _utf8(json.dumps(obj, ensure_ascii=False)):
                     return i
             except ValueError:
                 return i
     return None
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` is valid Unicode (no lone surrogates, no undecodable bytes)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _strings(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
@@ -193,6 +211,15 @@ def _check_unique(table: pa.Table, source: str) -> None:
     more = f" and {len(dupes) - SHOWN} more" if len(dupes) > SHOWN else ""
     raise ConfigError(f"duplicate video ids in {source}: {', '.join(shown)}{more} (rows 1-based, header not "
                       f"counted)")
+
+
+def _check_no_nul(table: pa.Table, source: str) -> None:
+    for name in ("video_id", "uri"):
+        rows = _rows_where(pc.match_substring(table.column(name), "\x00"))
+        if rows:
+            raise ConfigError(f"manifest {source}: {len(rows)} row(s) have a NUL character in their {name}, which "
+                              f"cannot be stored exactly (HDF5 strings end at a NUL): rows {_shown(rows)} "
+                              f"(1-based, header not counted)")
 
 
 def _rows_where(mask) -> list[int]:

@@ -7,7 +7,8 @@ failure row (`error` set, `clip_index` -1): failures are data, never exceptions,
 never stops the task's other videos. This module imports neither torch nor the model: a decode worker
 stays light.
 
-Row layout (numpy columns, one row per batch): video_id, uri, clip_index int32, last bool, start_s,
+Row layout (numpy columns, one row per batch): row int64 (the video's position in the run's table of
+videos to do: the driver joins on it, never on text), video_id, uri (object arrays: exact), clip_index int32, last bool, start_s,
 end_s, valid_frames int32, frame_indices int64 [T], frames uint8 [crops, T, S, S, 3], error, stage,
 decode_s (seconds this clip took), decode_node (the Ray node id that decoded it).
 """
@@ -29,9 +30,9 @@ def decode_videos(batch: dict[str, np.ndarray], config: dict):
     """Decode every video row of `batch`; yield one batch per clip, or one failure batch per bad video."""
     cfg = decoding_config(Config.from_dict(config))
     node = ray_node_id()
-    for vid, uri in zip(batch["video_id"], batch["uri"]):
+    for key, vid, uri in zip(batch["row"], batch["video_id"], batch["uri"]):
         for out in _decode_one(str(vid), str(uri), cfg):
-            out["decode_node"] = np.array([node])
+            out["row"], out["decode_node"] = np.array([key], np.int64), np.array([node], dtype=object)
             yield out
 
 
@@ -64,11 +65,11 @@ def clip_batch(vid: str, uri: str, clip, cfg: Config, last: bool, seconds: float
     views = crop(clip.frames, cfg.preprocess.size, cfg.preprocess.crops)
     crops = views[0][None] if len(views) == 1 else np.stack(views)   # [crops, T, S, S, 3]; one crop: no copy
     return {
-        "video_id": np.array([vid]), "uri": np.array([uri]), "clip_index": np.array([clip.index], np.int32),
+        **_text(video_id=vid, uri=uri), "clip_index": np.array([clip.index], np.int32),
         "last": np.array([last]), "start_s": np.array([clip.start_s]), "end_s": np.array([clip.end_s]),
         "valid_frames": np.array([clip.valid_frames], np.int32),
         "frame_indices": np.array([np.asarray(clip.frame_indices, np.int64)]),
-        "frames": crops[None], "error": np.array([""]), "stage": np.array([""]),
+        "frames": crops[None], **_text(error="", stage=""),
         "decode_s": np.array([seconds]),
     }
 
@@ -77,13 +78,18 @@ def failure_batch(vid: str, uri: str, stage: str, error: str, cfg: Config) -> di
     """A one-row batch saying that video `vid` failed at `stage` with `error` (no frames)."""
     t = cfg.sampling.num_frames
     return {
-        "video_id": np.array([vid]), "uri": np.array([uri]), "clip_index": np.array([-1], np.int32),
+        **_text(video_id=vid, uri=uri), "clip_index": np.array([-1], np.int32),
         "last": np.array([True]), "start_s": np.array([0.0]), "end_s": np.array([0.0]),
         "valid_frames": np.array([0], np.int32), "frame_indices": np.zeros((1, t), np.int64),
         "frames": np.zeros((1, 0, t, 0, 0, 3), FRAME_DTYPES.get(cfg.preprocess.frame_dtype, np.uint8)),   # as clips
-        "error": np.array([error]), "stage": np.array([stage]),
+        **_text(error=error, stage=stage),
         "decode_s": np.array([0.0]),
     }
+
+
+def _text(**columns: str) -> dict[str, np.ndarray]:
+    """One-row text columns as object arrays: a fixed-width numpy string would drop trailing NULs."""
+    return {name: np.array([value], dtype=object) for name, value in columns.items()}
 
 
 def ray_node_id() -> str:

@@ -21,6 +21,7 @@ import logging
 import math
 
 import numpy as np
+import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
@@ -67,7 +68,9 @@ class VideoSource(Datasource):
     """A Ray Datasource whose i-th read task yields the next `sizes[i]` rows of `todo.table`."""
 
     def __init__(self, todo: Corpus, sizes: list[int]):
-        self.table, self.sizes = todo.table.combine_chunks(), sizes     # one chunk: `take` is O(rows taken)
+        table = todo.table.combine_chunks()                               # one chunk: `take` is O(rows taken)
+        self.table = table.add_column(0, "row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        self.sizes = sizes
         self._tasks: list[ReadTask] | None = None
 
     def estimate_inmemory_data_size(self) -> int:

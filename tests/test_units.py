@@ -127,13 +127,13 @@ def test_aggregate_means_and_probs():
 
 
 def row(vid, i, last=False, error="", stage=""):
-    return {"video_id": vid, "uri": f"/{vid}", "clip_index": i, "last": last, "start_s": 0.0, "end_s": 1.0,
+    return {"row": "abc".index(vid), "video_id": vid, "uri": f"/{vid}", "clip_index": i, "last": last, "start_s": 0.0, "end_s": 1.0,
             "valid_frames": 4, "frame_indices": np.zeros(4), "embedding": np.ones(2) * i, "logits": np.zeros(3),
             "error": error, "stage": stage}
 
 
 def test_collector_assembles_out_of_order_clips_and_drops_failed_videos():
-    col = VideoCollector()
+    col = VideoCollector(pa.table({"video_id": ["a", "b", "c"], "uri": ["/a", "/b", "/c"]}))
     assert col.add(row("a", 2, last=True)) == [] and col.add(row("a", 0)) == []
     assert col.add(row("b", 0)) == []
     failed = col.add(row("b", -1, last=True, error="corrupt: cut", stage="decode"))
@@ -141,7 +141,7 @@ def test_collector_assembles_out_of_order_clips_and_drops_failed_videos():
     assert col.add(row("b", 1, last=True)) == []                   # late clips of a failed video: dropped
     (done,) = col.add(row("a", 1))
     assert done["video"]["num_clips"] == 3 and [c["clip_index"] for c in done["clips"]] == [0, 1, 2]
-    assert col.unfinished(pa.table({"video_id": ["a", "b", "c"], "uri": ["/a", "/b", "/c"]})) == [
+    assert col.unfinished() == [
         {"failure": {"video_id": "c", "uri": "/c", "stage": "decode", "error": INCOMPLETE}}]
 
 
@@ -192,12 +192,16 @@ def test_later_success_overrides_earlier_failure(tmp_path):
     assert state.done == {"v"} and not state.failed
 
 
-def test_fingerprint_is_pinned(tmp_path):
+def test_fingerprint_is_pinned_by_the_first_commit_and_checked_after(tmp_path):
     ledger = Ledger(str(tmp_path))
-    ledger.check_fingerprint("aaa", {"model": 1})
-    ledger.check_fingerprint("aaa", {"model": 1})
+    ledger.check_fingerprint("bbb")                   # nothing pinned yet: any fingerprint may start
+    ledger.pin("aaa", {"model": 1})
+    ledger.pin("aaa", {"model": 1})
+    ledger.check_fingerprint("aaa")
     with pytest.raises(ConfigError, match="another configuration"):
-        ledger.check_fingerprint("bbb", {"model": 2})
+        ledger.check_fingerprint("bbb")
+    with pytest.raises(ConfigError, match="another configuration"):
+        ledger.pin("bbb", {"model": 2})
 
 
 def test_video_ids_never_become_paths(tmp_path):
