@@ -25,8 +25,9 @@ class PartWriter:
     record. Every FOLD_EVERY commits the ledger's records are folded into its index."""
 
     def __init__(self, ledger: Ledger, summary, provenance: dict, commit_every: int = 64,
-                 commit_interval_s: float = 300.0, started: float | None = None):
+                 commit_interval_s: float = 300.0, started: float | None = None, pin: tuple | None = None):
         self.ledger, self.summary, self.provenance = ledger, summary, provenance
+        self.pin = pin                          # (fingerprint, features): pinned in run.json by the first commit
         self.started = started or time.time()
         self.commit_every, self.commit_interval_s = commit_every, commit_interval_s
         self.videos: list[dict] = []
@@ -58,8 +59,12 @@ class PartWriter:
             return
         start = time.perf_counter()
         part = f"part-{self.provenance['run_id']}-{self.seq:05d}"
+        self.ledger.check_fence()
         write_part(self.ledger, part, self.videos, self.clips, self.failures, self.provenance)
         failpoint("commit.data")
+        if self.pin:
+            self.ledger.pin(*self.pin)
+            self.pin = None
         self.ledger.record(part, [v["video_id"] for v in self.videos], self.failures)
         failpoint("commit.ledger")
         log.info("committed %s: %d videos, %d failures", part, len(self.videos), len(self.failures))

@@ -69,8 +69,8 @@ def compact(ledger: Ledger | str, target_mb: float = 256, state: LedgerState | N
     """Merge small live segments of `ledger` (or output URL) into segments of about `target_mb`."""
     ledger = Ledger(ledger) if isinstance(ledger, str) else ledger
     started, report = time.perf_counter(), CompactionReport()
-    with WriterLease(ledger):
-        state = state or ledger.load(repair=True)
+    with WriterLease(ledger) as lease:
+        state = ledger.claim(lease) if ledger.epoch is None else (state or ledger.load())
         ledger.collect_garbage(state)
         files = Listing(ledger, state)
         report.segments_before, report.files_before = len(state.segments), files.counts()
@@ -147,6 +147,7 @@ def merge_group(ledger: Ledger, files: Listing, group: list[str], name: str) -> 
     failpoint("compact.data")
     ledger.record_compaction(f"compaction-{name}", [name], group)
     failpoint("compact.record")
+    ledger.check_fence()              # after the record: a writer that claims later holds it (records.py)
     ledger.fs.rm([p for sub in DATA_DIRS for p in files.members(sub, group)])
     failpoint("compact.delete")
     for sub in staged:

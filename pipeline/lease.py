@@ -6,9 +6,17 @@ A writer publishes `OUT/.writers/<id>.json` ({id, host, pid, started, heartbeat}
 refreshes the heartbeat every HEARTBEAT_S seconds; the lease is deleted when the writer ends.
 
 A lease is alive when its heartbeat is younger than STALE_S seconds — except that a lease taken on
-this host by a process that no longer exists is dead at once, so a run killed a moment ago can be
-started again right away. Without a lease, garbage collection at the start of one writer could delete
-the files another writer has published but not yet committed.
+this host, in this boot and in this pid namespace, by a process that no longer exists is dead at once,
+so a run killed a moment ago can be started again right away. A pid that cannot be seen from another pid
+namespace (containers sharing a hostname) is never taken for dead: such a lease waits for STALE_S.
+Without a lease, garbage collection at the start of one writer could delete the files another writer
+has published but not yet committed.
+
+The heartbeat never revives a lease another writer took: before each beat it reads its lease back, and
+when it is gone or not its own the lease is *lost* for good. A heartbeat that cannot be published for
+LOST_AFTER_S (any error: a storage outage) also loses it. A lost lease stops the writer before its next
+commit (`check`, called by Ledger.check_fence). The lease is advisory; what makes a taken-over writer
+harmless is the ledger's epoch (records.py).
 """
 from __future__ import annotations
 
@@ -20,13 +28,14 @@ import threading
 import time
 import uuid
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, LeaseLostError
 from pipeline.sinks import publish_bytes
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
+LOST_AFTER_S = STALE_S - 2 * HEARTBEAT_S     # no beat published this long: stop before others take over
 _held: dict[str, "WriterLease"] = {}          # output URL → the lease this process holds on it
 
 
@@ -35,9 +44,12 @@ class WriterLease:
 
     def __init__(self, ledger):
         self.ledger = ledger
-        self.me = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        self.me = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                   **_namespace()}
         self.stop = threading.Event()
         self.nested = False
+        self.lost: str | None = None            # why this lease is lost, once it is
+        self.beaten = time.time()               # when a heartbeat was last published
 
     def __enter__(self) -> "WriterLease":
         if self.ledger.out in _held:
@@ -64,12 +76,33 @@ class WriterLease:
         _held.pop(self.ledger.out, None)
         self._delete()
 
+    def check(self) -> None:
+        """Raise LeaseLostError when this lease is lost or its heartbeat has not been published lately."""
+        if self.nested:
+            return _held[self.ledger.out].check() if self.ledger.out in _held else None
+        if self.lost is None and time.time() - self.beaten > LOST_AFTER_S:
+            self.lost = f"no heartbeat could be published for {time.time() - self.beaten:.0f} s"
+        if self.lost:
+            raise LeaseLostError(f"{self.ledger.out}: this writer lost its lease ({self.lost}); committed work is "
+                                 f"safe, and the same command resumes")
+
     def _beat(self) -> None:
-        while not self.stop.wait(HEARTBEAT_S):
+        while not self.stop.wait(HEARTBEAT_S) and not self.lost:
             try:
-                self._publish()
-            except OSError as exc:                      # a missed beat is not fatal; STALE_S allows several
-                log.warning("could not refresh the writer lease of %s: %s", self.ledger.out, exc)
+                self._beat_once()
+            except Exception as exc:                    # noqa: BLE001 - any storage error: try again later
+                log.warning("could not refresh the writer lease of %s: %s: %s", self.ledger.out,
+                            type(exc).__name__, exc)
+
+    def _beat_once(self) -> None:
+        """Republish the heartbeat, unless the lease is no longer ours (then it is lost, not revived)."""
+        mine = next((lease for lease in self._leases() if lease["id"] == self.me["id"]), None)
+        if mine is None:
+            self.lost = "another writer removed it as stale"
+            log.error("%s: %s; stopping before the next commit", self.ledger.out, self.lost)
+            return
+        self._publish()
+        self.beaten = time.time()
 
     def _publish(self) -> None:
         publish_bytes(json.dumps({**self.me, "heartbeat": time.time()}).encode(), self._url(self.me["id"]))
@@ -97,17 +130,34 @@ class WriterLease:
 
 
 def alive(lease: dict) -> bool:
-    """A lease whose holder may still write: heartbeat fresh, and its process alive if on this host."""
+    """A lease whose holder may still write: heartbeat fresh, and its process alive if it provably runs
+    where this one does (same host, boot and pid namespace)."""
     if time.time() - float(lease.get("heartbeat", 0)) > STALE_S:
         return False
-    if lease.get("host") == socket.gethostname():
-        try:
-            os.kill(int(lease["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+    if lease.get("host") != socket.gethostname():
+        return True
+    here = _namespace()
+    if here and lease.get("boot") and lease.get("boot") != here.get("boot"):
+        return False                                # this host rebooted since: its processes are gone
+    if not here or lease.get("pidns") != here.get("pidns"):
+        return True                                 # another pid namespace: its pid means nothing here
+    try:
+        os.kill(int(lease["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True
+
+
+def _namespace() -> dict:
+    """This process's boot id and pid namespace (Linux); {} where they cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+        return {"boot": boot, "pidns": os.readlink("/proc/self/ns/pid")}
+    except OSError:
+        return {}
 
 
 def describe(lease: dict) -> str:

@@ -1,23 +1,27 @@
 """What is done and what failed: the commit protocol of an output directory.
 
-A part (a few dozen videos) is committed in this order:
-  1. its Parquet and HDF5 files are written and published (`sinks.publish_file`),
-  2. then its ledger record `ledger/<part>.json` is published — the marker written last.
-A video is done exactly when a record lists it. A run killed between 1 and 2 leaves files of a part
-with no record: `collect_garbage()` deletes them before the next run starts, so a video id appears at
-most once in the live files of `videos/` and `hdf5/`, ever. `run.json` pins the fingerprint of what
-changes features; a run with another one is refused. See ledger_state.py for records and segments.
+A writer (a run, a compaction) holds the output's lease (lease.py) and first `claim`s an epoch
+(records.py): it loads the state with certainty (a missing or damaged index is rebuilt from the
+records; a record that cannot be read stops it, naming the file, before anything is deleted), claims
+the next epoch exclusively and publishes the state as that epoch's first index. Then:
+  1. a part's Parquet and HDF5 files are written and published (`sinks.publish_file`),
+  2. then its ledger record `ledger/<part>.json` is published — the marker written last, stamped with
+     the writer's epoch, after checking that no later epoch was claimed (fencing).
+A video is done exactly when a record that counts lists it. A run killed between 1 and 2 leaves files
+of a part with no record: `collect_garbage()` deletes them at the next writer's start, so a video id
+appears at most once in the live files of `videos/` and `hdf5/`, ever. `run.json` pins the fingerprint
+of what changes features (at the first commit); a run with another one is refused.
 
 Loading costs the same few requests however many parts were ever committed. Records are *folded* into
-a consolidated index (`ledger/index/index-<gen>.parquet`, see ledger_state.py) at the end of every run,
-every `FOLD_EVERY` records during one, and after compaction:
-  1. the index of generation g+1 is published: the previous index plus the records not in it,
-     naming every record it holds;
-  2. those records move to `ledger/records/` (kept: the truth an index is rebuilt from);
+a consolidated index (`ledger/index/index-<epoch>-<seq>.parquet`, see ledger_state.py) when a writer
+starts, every `FOLD_EVERY` records, at the end of every run and after compaction:
+  1. the next index is published: the previous index plus the records not in it, naming every record
+     it holds;
+  2. those records move to `ledger/records/` (kept: the truth an index is rebuilt from); pending
+     records that do not count (a fenced writer's) move to `ledger/fenced/`;
   3. older index generations are deleted.
 `load()` lists the records still in `ledger/`, then reads the newest index, and replays the listed
-records it does not hold: a kill at any step above leaves a directory that loads the same. An index that
-cannot be read whole is reported and rebuilt from every record.
+records it does not hold and that count: a kill at any step above leaves a directory that loads the same.
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline import segments
-from pipeline.errors import ConfigError
+from pipeline import records
+from pipeline.errors import ConfigError, DamagedOutputError, LeaseLostError
 from pipeline.faults import failpoint
 from pipeline.ledger_state import LedgerState, from_index_table, replay, to_index_table
 from pipeline.sinks import publish_bytes
@@ -57,6 +62,8 @@ class Ledger:
     def __init__(self, out: str):
         self.out = out.rstrip("/")
         self.fs, self.root = url_to_fs(self.out)
+        self.epoch: int | None = None           # set by claim(): this writer's epoch (records.py)
+        self.lease = None                       # the WriterLease it claimed under, if any
 
     def url(self, *parts: str) -> str:
         """A URL under the output directory (what `publish_*` takes)."""
@@ -69,59 +76,92 @@ class Ledger:
     # ------------------------------------------------------------------ reading the state
 
     def load(self, repair: bool = False) -> LedgerState:
-        """The state: the newest index plus the records not folded into it. A damaged index is rebuilt
-        from the records; with `repair` (writers only: they hold the lease) the rebuilt one is published."""
+        """The state: the newest index plus the pending records that count (records.py). A missing or
+        damaged index is rebuilt from every record, in memory (a writer's claim publishes it). A record
+        that cannot be read raises DamagedOutputError. `repair` is kept for callers; writers call `claim`."""
         for attempt in range(LOAD_ATTEMPTS):
             try:
-                return self._load_once(repair)
+                return self._load_once()
             except FileNotFoundError:                    # a fold moved a record or an index meanwhile
                 if attempt == LOAD_ATTEMPTS - 1:
                     raise
                 time.sleep(0.05 * 2 ** attempt)
         raise AssertionError("unreachable")
 
-    def _load_once(self, repair: bool) -> LedgerState:
+    def _load_once(self) -> LedgerState:
         pending = self._json_files("ledger")
-        base = self._read_index(repair)
-        todo = [p for p in pending if _stem(p) not in base.records]
-        return replay(base, [self._read_json(p) for p in todo])
+        base = self._read_index()
+        todo = [self._read_record(p) for p in pending if _stem(p) not in base.records]
+        fresh = [r for r in todo if records.counts(r, base.epoch, base.records)]
+        fenced = tuple(sorted(r["part"] for r in todo if not records.counts(r, base.epoch, base.records)))
+        if fenced:
+            log.warning("%s: %d ledger record(s) of a writer that had lost its lease do not count: %s",
+                        self.out, len(fenced), ", ".join(fenced[:5]))
+        return dataclasses.replace(replay(base, fresh), fenced=fenced)
 
-    def _read_index(self, repair: bool) -> LedgerState:
+    def _read_index(self) -> LedgerState:
         indexes = self.index_files()
         if not indexes:
-            return LedgerState()
+            return self.rebuild() if self.ls("ledger/records") else LedgerState()
         try:
             with self.fs.open(indexes[-1], "rb") as fh:
                 return from_index_table(_read_parquet(fh.read()))
         except DAMAGE as exc:
-            log.warning("ledger index %s is damaged (%s: %s); rebuilding it from the part records%s",
-                        indexes[-1], type(exc).__name__, exc, "" if repair else " (in memory: a run repairs it)")
-            return self.rebuild(damaged=indexes[-1] if repair else None, publish=repair)
+            log.warning("ledger index %s is damaged (%s: %s); rebuilding it from the part records (in memory: "
+                        "the next run or compaction publishes it)", indexes[-1], type(exc).__name__, exc)
+            return self.rebuild()
 
-    def rebuild(self, damaged: str | None = None, publish: bool = True) -> LedgerState:
-        """Replay every record (pending first, then archived: a record a fold moves meanwhile is in one of
-        the two listings); with `publish`, publish the result as a new index and drop `damaged`."""
-        paths = self._json_files("ledger")
-        paths += self._json_files("ledger/records")
-        records = {}
-        for path in paths:
-            records.setdefault(_stem(path), path)
-        state = dataclasses.replace(replay(LedgerState(), [self._read_json(p) for p in records.values()]),
-                                    unfolded=())
-        if publish:
-            self._publish_index(state)
-            if damaged and self.fs.exists(damaged):
-                self.fs.rm(damaged)
-        log.warning("ledger index rebuilt from %d records: %d done, %d failed", len(records),
+    def rebuild(self, damaged: str | None = None, publish: bool = False) -> LedgerState:
+        """The state from every record (archived ones count; a pending one counts unless a later epoch's
+        claim was made without it: records.py). `damaged` and `publish` are ignored (kept for callers):
+        a writer's claim publishes the state it starts from."""
+        archived = {_stem(p): p for p in self._json_files("ledger/records")}
+        pending = [p for p in self._json_files("ledger") if _stem(p) not in archived]
+        claims = self._claims()
+        kept = [self._read_record(p) for p in archived.values()]
+        kept += [r for r in map(self._read_record, pending) if _claimed_with(r, claims, self._read_claim)]
+        state = dataclasses.replace(replay(LedgerState(epoch=max(claims, default=0)), kept), unfolded=())
+        log.warning("ledger index of %s rebuilt from %d records: %d done, %d failed", self.out, len(kept),
                     len(state.done_ids), state.failures.num_rows)
         return state
 
     def index_files(self) -> list[str]:
-        """Published index generations, oldest first."""
-        return sorted(p for p in self.ls("ledger/index")
-                      if _name(p).startswith("index-") and _name(p).endswith(".parquet"))
+        """Published index generations, oldest first (by epoch, then sequence)."""
+        named = [(records.index_key(_name(p)), p) for p in self.ls("ledger/index")]
+        return [p for key, p in sorted((k, p) for k, p in named if k is not None)]
 
     # ------------------------------------------------------------------ writing
+
+    def claim(self, lease=None) -> LedgerState:
+        """Become the output's writer: load the state with certainty, claim the next epoch exclusively,
+        publish the state as this epoch's first index, archive what it holds. Raises LeaseLostError when
+        another writer claimed the same epoch first. See records.py."""
+        pending = {_stem(p) for p in self._json_files("ledger")}
+        state = self.load()
+        epoch = max([state.epoch, *self._claims()]) + 1
+        claim = {"epoch": epoch, "claimed_at": time.time(), "lease": getattr(lease, "me", None),
+                 "accepted": sorted(state.records & pending)}
+        try:
+            publish_bytes(json.dumps(claim).encode(), self.url("ledger", "claims", records.claim_name(epoch)),
+                          exclusive=True)
+        except FileExistsError:
+            raise LeaseLostError(f"{self.out}: another writer started at the same moment (epoch {epoch})") from None
+        self.epoch, self.lease = epoch, lease
+        state = dataclasses.replace(state, epoch=epoch)
+        self._publish_index(state)
+        return self.fold(dataclasses.replace(state, unfolded=()))
+
+    def check_fence(self) -> None:
+        """Raise LeaseLostError when this writer may no longer write: its lease is lost, or a later epoch
+        was claimed. A no-op for a ledger that never claimed (tests, tools that hold no lease)."""
+        if self.epoch is None:
+            return
+        if self.lease is not None:
+            self.lease.check()
+        self.fs.invalidate_cache()
+        if self.fs.exists(self.path("ledger", "claims", records.claim_name(self.epoch + 1))):
+            raise LeaseLostError(f"{self.out}: another writer took over (epoch {self.epoch + 1}) while this one "
+                                 f"(epoch {self.epoch}) was paused; it stops without committing more")
 
     def record(self, part: str, done: list[str], failed: list[dict]) -> None:
         """Publish the commit record of `part` — call only after all its files are published."""
@@ -136,44 +176,50 @@ class Ledger:
         self._publish_record(name, payload)
 
     def _publish_record(self, name: str, payload: dict) -> None:
-        publish_bytes(json.dumps(payload).encode(), self.url("ledger", f"{name}.json"))
+        self.check_fence()
+        payload["epoch"] = self.epoch or 0
+        publish_bytes(json.dumps(payload).encode(), self.url("ledger", f"{name}.json"), exclusive=True)
 
     def fold(self, state: LedgerState | None = None) -> LedgerState:
-        """Fold the records not yet in the index into a new index generation, and archive every pending
-        record the index holds (also those an interrupted fold left behind). See module doc."""
+        """Fold the records not yet in the index into a new index generation, archive every pending
+        record the index holds (also those an interrupted fold left behind), and set aside the pending
+        records that do not count (`ledger/fenced/`). See module doc."""
         pending = self._json_files("ledger")
-        state = state or self.load(repair=True)
+        state = state or self.load()
         if state.unfolded:
             self._publish_index(state)
             failpoint("fold.index")
-        self._archive([p for p in pending if _stem(p) in state.records])
+        self.check_fence()
+        self._archive([p for p in pending if _stem(p) in state.records], "records")
+        self._archive([p for p in pending if _stem(p) in state.fenced], "fenced")
         failpoint("fold.records")
         for old in self.index_files()[:-1]:
             self.fs.rm(old)
-        return dataclasses.replace(state, unfolded=())
+        return dataclasses.replace(state, unfolded=(), fenced=())
 
-    def _archive(self, paths: list[str]) -> None:
-        """Move records to `ledger/records/`: renames on local disk, one batch of copies then one bulk
+    def _archive(self, paths: list[str], sub: str) -> None:
+        """Move records to `ledger/<sub>/`: renames on local disk, one batch of copies then one bulk
         delete on object stores."""
         if not paths:
             return
-        targets = [self.path("ledger", "records", _name(p)) for p in paths]
+        targets = [self.path("ledger", sub, _name(p)) for p in paths]
         if not isinstance(self.fs, LocalFileSystem):
             self.fs.copy(paths, targets)
             self.fs.rm(paths)
             return
-        self.fs.makedirs(self.path("ledger", "records"), exist_ok=True)
+        self.fs.makedirs(self.path("ledger", sub), exist_ok=True)
         for src, dst in zip(paths, targets):
             self.fs.mv(src, dst)
 
     def _publish_index(self, state: LedgerState) -> None:
         import pyarrow.parquet as pq
 
-        existing = self.index_files()
-        gen = int(_name(existing[-1])[len("index-"):-len(".parquet")]) + 1 if existing else 0
+        epoch = state.epoch if self.epoch is None else self.epoch
+        keys = [records.index_key(_name(p)) for p in self.index_files()]
+        seq = max([s + 1 for e, s in keys if e == epoch] or [0])
         buffer = io.BytesIO()
-        pq.write_table(to_index_table(state), buffer, compression="zstd")
-        publish_bytes(buffer.getvalue(), self.url("ledger", "index", f"index-{gen:08d}.parquet"))
+        pq.write_table(to_index_table(dataclasses.replace(state, epoch=epoch)), buffer, compression="zstd")
+        publish_bytes(buffer.getvalue(), self.url("ledger", "index", records.index_name(epoch, seq)), exclusive=True)
 
     # ------------------------------------------------------------------ files of the state
 
@@ -185,21 +231,33 @@ class Ledger:
         """Files of live segments under `sub` (videos, clips, hdf5, failures), in commit order."""
         return segments.live_files(self, sub, state)
 
-    def check_fingerprint(self, fingerprint: str, config: dict) -> None:
-        """First run: pin `fingerprint` in run.json. Later runs: refuse a different one."""
-        path = self.path("run.json")
-        if self.fs.exists(path):
-            with self.fs.open(path, "r") as fh:
-                pinned = json.load(fh)
-            if pinned["fingerprint"] != fingerprint:
-                raise ConfigError(
-                    f"{self.out} holds features made with another configuration (fingerprint "
-                    f"{pinned['fingerprint']}, this run {fingerprint}): what changes features — model, "
-                    f"checkpoint, sampling, preprocessing, decode mode — must stay the same; "
-                    f"write to a new output directory instead. Pinned: {json.dumps(pinned.get('features'))}")
-            return
-        publish_bytes(json.dumps({"fingerprint": fingerprint, "features": config}, indent=2).encode(),
-                      self.url("run.json"))
+    def check_fingerprint(self, fingerprint: str, config: dict | None = None) -> None:
+        """Refuse `fingerprint` when the output is pinned to another one (run.json)."""
+        pinned = self._pinned()
+        if pinned is not None and pinned["fingerprint"] != fingerprint:
+            raise ConfigError(
+                f"{self.out} holds features made with another configuration (fingerprint "
+                f"{pinned['fingerprint']}, this run {fingerprint}): what changes features — model, "
+                f"checkpoint, sampling, preprocessing, decode mode — must stay the same; "
+                f"write to a new output directory instead. Pinned: {json.dumps(pinned.get('features'))}")
+
+    def pin(self, fingerprint: str, config: dict) -> None:
+        """Pin `fingerprint` in run.json (exclusively: the first commit does it), or check it."""
+        data = json.dumps({"fingerprint": fingerprint, "features": config}, indent=2).encode()
+        try:
+            publish_bytes(data, self.url("run.json"), exclusive=True)
+        except FileExistsError:
+            self.check_fingerprint(fingerprint)
+
+    def _pinned(self) -> dict | None:
+        try:
+            with self.fs.open(self.path("run.json"), "rb") as fh:
+                return json.loads(fh.read())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise DamagedOutputError(f"{self.url('run.json')} cannot be read ({exc}): restore it, or delete "
+                                     f"it if this output holds no committed video") from None
 
     def ls(self, sub: str, detail: bool = False) -> list:
         """Entries directly under `sub` (paths; with `detail`, fsspec info dicts), sorted; [] if none."""
@@ -213,9 +271,37 @@ class Ledger:
     def _json_files(self, sub: str) -> list[str]:
         return [p for p in self.ls(sub) if p.endswith(".json") and not _name(p).startswith(".")]
 
-    def _read_json(self, path: str) -> dict:
+    def _read_record(self, path: str) -> dict:
         with self.fs.open(path, "rb") as fh:
-            return json.loads(fh.read())
+            return records.parse(fh.read(), self.url(*path[len(self.root) + 1:].split("/")))
+
+    def _claims(self) -> dict[int, str]:
+        """Claimed epoch → path of its claim file."""
+        found = {}
+        for path in self.ls("ledger/claims"):
+            stem = _stem(path) if path.endswith(".json") else ""
+            if stem.isdigit():
+                found[int(stem)] = path
+        return found
+
+    def _read_claim(self, path: str) -> dict:
+        with self.fs.open(path, "rb") as fh:
+            try:
+                return json.loads(fh.read())
+            except ValueError as exc:
+                raise DamagedOutputError(f"ledger claim {path} cannot be read ({exc}); nothing was deleted") from None
+
+
+def _held_by_index(state: LedgerState) -> frozenset[str]:
+    """The records of `state` that its index holds (those it did not replay on top)."""
+    return state.records - set(state.unfolded)
+
+
+def _claimed_with(record: dict, claims: dict[int, str], read_claim) -> bool:
+    """Whether a pending record counts without an index: its epoch is the newest claimed, or the claim
+    of the epoch after it accepted it."""
+    later = claims.get(records.epoch_of(record) + 1)
+    return later is None or record["part"] in read_claim(later).get("accepted", [])
 
 
 def _name(path: str) -> str:

@@ -33,6 +33,8 @@ class LedgerState:
     segments: frozenset[str] = frozenset()          # live segments
     records: frozenset[str] = frozenset()           # names of the records applied
     unfolded: tuple[str, ...] = ()                  # applied records not yet in the index (oldest first)
+    epoch: int = 0                                  # the epoch of the index it was loaded from (records.py)
+    fenced: tuple[str, ...] = ()                    # pending records that do not count (records.counts)
 
     @property
     def parts(self) -> frozenset[str]:
@@ -80,7 +82,7 @@ def replay(base: LedgerState, records: list[dict]) -> LedgerState:
     done_ids = pc.unique(pa.concat_arrays([base.done_ids, pa.array(done, pa.string())]))
     names = tuple(r["part"] for r in new)
     return LedgerState(done_ids, _latest_failures(base.failures, failed, done_ids), frozenset(segments),
-                       base.records | set(names), base.unfolded + names)
+                       base.records | set(names), base.unfolded + names, base.epoch, base.fenced)
 
 
 def _latest_failures(base: pa.Table, rows: list[dict], done_ids: pa.Array) -> pa.Table:
@@ -117,7 +119,7 @@ def to_index_table(state: LedgerState) -> pa.Table:
     }
     tables = [_long(kind, cols) for kind, cols in parts.items()]
     counts = {kind: len(cols["name"]) for kind, cols in parts.items()}
-    return pa.concat_tables(tables).replace_schema_metadata({"vidfeat_ledger_index": "1",
+    return pa.concat_tables(tables).replace_schema_metadata({"vidfeat_ledger_index": "1", "epoch": str(state.epoch),
                                                              "counts": json.dumps(counts)})
 
 
@@ -142,4 +144,5 @@ def from_index_table(table: pa.Table) -> LedgerState:
         list(FAILURE_COLUMNS))
     records = frozenset(by_kind["record"].column("name").to_pylist())
     return LedgerState(by_kind["done"].column("name").combine_chunks(), failed,
-                       frozenset(by_kind["segment"].column("name").to_pylist()), records)
+                       frozenset(by_kind["segment"].column("name").to_pylist()), records,
+                       epoch=int(meta.get(b"epoch", b"0")))

@@ -29,7 +29,7 @@ from pipeline.commit import PartWriter, provenance, write_part
 from pipeline.config import Config
 from pipeline.console import Progress, announce
 from pipeline.corpus import Corpus, load_corpus
-from pipeline.errors import ConfigError, VidfeatError
+from pipeline.errors import ConfigError, LeaseLostError, VidfeatError
 from pipeline.faults import failpoint
 from pipeline.feed import build_dataset, inference_resources
 from pipeline.lease import WriterLease
@@ -61,6 +61,7 @@ class RunSummary:
     commit_s: float = 0.0
     compact_s: float = 0.0                                  # folding the ledger and compacting, at the end
     upkeep_error: str | None = None                         # why folding or compacting failed, if it did
+    stopped: str | None = None                              # why the run stopped early (--max-failure-rate)
     first_commit_s: float | None = None                     # seconds from the start to the first commit
     devices: list[str] = field(default_factory=list)
     operators: list[str] = field(default_factory=list)      # the Ray Data plan as executed
@@ -81,25 +82,29 @@ def run_extract(source: str, out: str, config: Config, *, progress: bool = True)
     sha, fingerprint = _fingerprint(config)
     corpus = load_corpus(source)
     ledger = Ledger(out)
-    with WriterLease(ledger):
-        todo = _todo(ledger, corpus, config, fingerprint, summary)
+    with WriterLease(ledger) as lease:
+        todo = _todo(ledger, lease, corpus, config, fingerprint, summary)
         if len(todo):
+            pin = (fingerprint, config.feature_fields())
             writer = PartWriter(ledger, summary, provenance(config, sha, fingerprint, summary.run_id),
-                                commit_every=config.run.commit_every, started=started)
-            _stream(todo, config, writer, summary, progress)
+                                commit_every=config.run.commit_every, started=started, pin=pin)
+            _stream_until_stopped(todo, config, writer, summary, progress)
             _finish(ledger, config, summary)
         summary.wall_s = time.time() - started
         record = {"source": source, "config": config.to_dict(), "summary": summary.to_dict()}
         publish_bytes(json.dumps(record, indent=2).encode(), ledger.url("runs", f"{summary.run_id}.json"))
+    if summary.stopped:
+        raise FailureRateExceeded(summary.stopped)
     return summary
 
 
-def _todo(ledger: Ledger, corpus: Corpus, config: Config, fingerprint: str, summary: RunSummary) -> Corpus:
-    """The videos of `corpus` still to do in `ledger`'s output, after the checks and repairs a writer
-    makes first: the fingerprint; records a killed run left unfolded; files of uncommitted parts."""
-    state = ledger.load(repair=True)
-    ledger.check_fingerprint(fingerprint, config.feature_fields())
-    state = ledger.fold(state)
+def _todo(ledger: Ledger, lease: WriterLease, corpus: Corpus, config: Config, fingerprint: str,
+          summary: RunSummary) -> Corpus:
+    """The videos of `corpus` still to do in `ledger`'s output, after what a writer does first: claim the
+    output (ledger.claim: the state with certainty, records a killed run left unfolded folded), check the
+    fingerprint, delete files of uncommitted parts."""
+    state = ledger.claim(lease)
+    ledger.check_fingerprint(fingerprint)
     ledger.collect_garbage(state)
     todo = corpus.select(state.todo_mask(corpus.ids, config.run.retry_failed))
     summary.total, summary.skipped = len(corpus), len(corpus) - len(todo)
@@ -117,6 +122,16 @@ def _fingerprint(config: Config) -> tuple[str, str]:
                           f"{p.checkpoint_file or 'a checkpoint'}) or --checkpoint random for random weights")
     sha = checkpoint_sha256(config.model.checkpoint, seed=config.model.seed, preset=config.model.preset)
     return sha, config.fingerprint(sha)
+
+
+def _stream_until_stopped(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary,
+                          progress: bool) -> None:
+    """`_stream`, where a stop for the failure rate is recorded in the summary (the run is then folded
+    and recorded like any other) instead of raised."""
+    try:
+        _stream(todo, config, writer, summary, progress)
+    except FailureRateExceeded as exc:
+        summary.stopped = str(exc)
 
 
 def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, progress: bool) -> None:
@@ -140,14 +155,14 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
 def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, bars: Progress) -> None:
     """Iterate the results, commit as parts fill; whatever is complete is committed also when the run
     stops early (an exception, the failure rate)."""
-    collector = VideoCollector()
+    collector = VideoCollector(todo.table)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             failpoint("driver.result")
             _take(batch, collector, writer, bars, summary)
             writer.maybe_commit()
             _check_failure_rate(summary, config.run.max_failure_rate, len(todo))
-        for event in collector.unfinished(todo.table):
+        for event in collector.unfinished():
             writer.add(event)
     finally:
         writer.commit()
@@ -187,6 +202,8 @@ def _finish(ledger: Ledger, config: Config, summary: RunSummary) -> None:
         state = ledger.fold()
         if config.run.compact:
             compact(ledger, target_mb=config.run.compact_target_mb, state=state)
+    except LeaseLostError:
+        raise                                                  # not upkeep: this writer must stop
     except Exception as exc:                                   # noqa: BLE001 - see docstring
         summary.upkeep_error = f"{type(exc).__name__}: {exc}"
         log.error("folding or compacting %s failed (%s); the run's videos are committed, the next run "

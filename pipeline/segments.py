@@ -63,10 +63,13 @@ def live_files(ledger, sub: str, state=None) -> list[str]:
 def collect_garbage(ledger, state) -> list[str]:
     """Delete files of segments that are not live (uncommitted, or replaced by a compaction) and
     temporaries; publish staged files of live segments (a compaction killed before it did). Writers
-    only, holding the lease. Returns the deleted paths."""
+    only, after their claim: what was listed is deleted only once the fence holds (records.py), so no
+    file a later writer published can be among them. Returns the deleted paths."""
+    listed = {sub: ledger.ls(sub) for sub in DATA_DIRS}
+    ledger.check_fence()
     removed = []
-    for sub in DATA_DIRS:
-        for path in ledger.ls(sub):
+    for sub, paths in listed.items():
+        for path in paths:
             segment, staged = parse(_name(path))
             if segment is None or segment not in state.segments:
                 ledger.fs.rm(path)

@@ -112,7 +112,7 @@ def test_fold_keeps_the_state_and_archives_the_records(tmp_path):
     assert same_state(before, folded) and same_state(before, ledger.load())
     assert not [n for n in os.listdir(tmp_path / "ledger") if n.endswith(".json")]
     assert len(os.listdir(tmp_path / "ledger" / "records")) == 6
-    assert os.listdir(tmp_path / "ledger" / "index") == ["index-00000000.parquet"]
+    assert os.listdir(tmp_path / "ledger" / "index") == ["index-00000000-00000000.parquet"]
     assert "a0-0" in folded.done and "a0-0" not in folded.failed and "a1-0" in folded.failed
 
 
@@ -149,8 +149,8 @@ def test_a_damaged_index_is_detected_and_rebuilt_from_the_records(tmp_path, capl
     assert "is damaged" in caplog.text and "rebuilt from" in caplog.text and "in memory" in caplog.text
     assert state.done == before.done | {f"late{p}-{i}" for p in range(2) for i in (1, 2)}
     assert ledger.index_files() == [index]
-    repaired = ledger.load(repair=True)                     # a writer publishes the rebuilt index
-    assert same_state(repaired, state) and ledger.index_files() != [index]
+    repaired = ledger.claim()                               # a writer publishes the rebuilt index
+    assert same_state(repaired, state) and ledger.index_files() != [index] and len(ledger.index_files()) == 1
     assert same_state(state, Ledger(str(tmp_path)).load())
 
 

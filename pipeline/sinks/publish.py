@@ -6,6 +6,13 @@ GCS and Azure make visible only when complete (an interrupted multipart upload s
 Readers ignore names starting with `.` or `_`, so a leftover temporary is never read. A published local
 file has the permissions a plain `open` would give it (0666 less the umask), whichever temporary it
 came from.
+
+`publish_bytes(..., exclusive=True)` publishes only if nothing exists at the URL yet, atomically with
+respect to every other exclusive publish (the primitive the ledger's fencing rests on): local disk and
+NFSv3+ `link(2)` of a complete temporary (fails with EEXIST); S3 a conditional PUT (`If-None-Match: *`,
+AWS since 2024, moto, MinIO); GCS a generation precondition (`ifGenerationMatch=0`); other fsspec stores
+their `pipe_file(mode="create")`. A store that cannot do it raises FileExistsError on a conflict only
+where it can tell (see docs/ARCHITECTURE.md, "What is guaranteed on which store").
 """
 from __future__ import annotations
 
@@ -55,12 +62,34 @@ def publish_file(local_path: str, url: str) -> None:
         os.remove(local_path)
 
 
-def publish_bytes(data: bytes, url: str) -> None:
-    """Publish `data` as the whole content of `url`."""
+def publish_bytes(data: bytes, url: str, exclusive: bool = False) -> None:
+    """Publish `data` as the whole content of `url`; with `exclusive`, raise FileExistsError (and change
+    nothing) when `url` exists already."""
+    if exclusive:
+        _publish_exclusive(data, url)
+        return
     fd, tmp = tempfile.mkstemp(prefix="vidfeat-")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     publish_file(tmp, url)
+
+
+def _publish_exclusive(data: bytes, url: str) -> None:
+    fs, path = url_to_fs(url)
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data, mode="create")
+        return
+    directory, name = os.path.split(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        os.fchmod(fh.fileno(), file_mode())
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)                      # atomic, and fails if `path` exists: never overwrites
+    finally:
+        os.unlink(tmp)
 
 
 class _UploadProgress(Callback):
