@@ -61,7 +61,7 @@ def test_missing_file_directory_and_garbage(tmp_path):
         load_timesformer(str(tmp_path))
     junk = tmp_path / "junk.pyth"
     junk.write_bytes(os.urandom(4096))
-    with pytest.raises(CheckpointError, match="junk.pyth is not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pyth is not a torch checkpoint"):
         load_timesformer(str(junk))
     text = tmp_path / "notes.pyth"
     text.write_text("hello")
@@ -80,8 +80,10 @@ def test_pickle_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pyth"
     with open(path, "wb") as fh:
         pickle.dump({"model_state": {"cls_token": torch.zeros(1)}, "hook": _Evil()}, fh, protocol=2)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="is refused: it is a pickle that would run or build Python objects "
+                       r"\(.*system\)") as refused:
         load_timesformer(str(path))
+    assert "weights_only=False" not in str(refused.value) and "add_safe_globals" not in str(refused.value)
 
 
 def test_fsspec_url_with_local_cache(tmp_path, tiny_pyth):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "checkpoint_sha256": "checkpoint", "load_timesformer": "checkpoint", "random_timesformer": "checkpoint",
-    "to_timesformer_keys": "checkpoint", "DEFAULT_PRESET": "presets", "PRESETS": "presets", "Preset": "presets",
-    "get_preset": "presets", "TimeSformer": "timesformer",
+    "check_checkpoint": "checkpoint", "checkpoint_sha256": "checkpoint", "load_timesformer": "checkpoint",
+    "random_timesformer": "checkpoint", "to_timesformer_keys": "checkpoint", "DEFAULT_PRESET": "presets",
+    "PRESETS": "presets", "Preset": "presets", "get_preset": "presets", "TimeSformer": "timesformer",
 }
 __all__ = sorted(_WHERE)
 
