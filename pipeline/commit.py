@@ -65,7 +65,8 @@ class PartWriter:
         if self.pin:
             self.ledger.pin(*self.pin)
             self.pin = None
-        self.ledger.record(part, [v["video_id"] for v in self.videos], self.failures)
+        self.ledger.record(part, [v["video_id"] for v in self.videos], self.failures,
+                           uris=[v["uri"] for v in self.videos])
         failpoint("commit.ledger")
         log.info("committed %s: %d videos, %d failures", part, len(self.videos), len(self.failures))
         self.videos, self.clips, self.failures = [], {}, []

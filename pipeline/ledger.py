@@ -163,16 +163,22 @@ class Ledger:
             raise LeaseLostError(f"{self.out}: another writer took over (epoch {self.epoch + 1}) while this one "
                                  f"(epoch {self.epoch}) was paused; it stops without committing more")
 
-    def record(self, part: str, done: list[str], failed: list[dict]) -> None:
-        """Publish the commit record of `part` — call only after all its files are published."""
+    def record(self, part: str, done: list[str], failed: list[dict], uris: list[str] | None = None) -> None:
+        """Publish the commit record of `part` — call only after all its files are published. `uris`:
+        the uri each done video was made from (what `vidfeat status` compares with the manifest's)."""
         payload = {"part": part, "committed_at": time.time(), "done": done,
                    "failed": [{k: f[k] for k in ("video_id", "uri", "stage", "error")} for f in failed]}
+        if uris is not None:
+            payload["uris"] = uris
         self._publish_record(part, payload)
 
-    def record_compaction(self, name: str, segments: list[str], replaces: list[str]) -> None:
-        """Publish that `segments` (published, holding exactly the rows of `replaces`) replace `replaces`."""
+    def record_compaction(self, name: str, segments: list[str], replaces: list[str], retired=()) -> None:
+        """Publish that `segments` (published, holding the rows of `replaces` less the `retired` ids)
+        replace `replaces`; retired ids are no longer done."""
         payload = {"kind": "compaction", "part": name, "committed_at": time.time(),
                    "segments": segments, "replaces": replaces}
+        if retired:
+            payload["retired"] = list(retired)
         self._publish_record(name, payload)
 
     def _publish_record(self, name: str, payload: dict) -> None:

@@ -4,10 +4,14 @@ A *segment* is a set of data files sharing one name, `videos/<seg>.parquet`, `cl
 `hdf5/<seg>.h5`, `failures/<seg>.parquet` (each kind only when it has rows): a committed part, or the
 merge of several made by compaction. A *record* is one ledger JSON file, published last:
 
-    part record        {"part": P, "committed_at": t, "done": [ids], "failed": [{video_id, uri, stage, error}]}
-                       → segment P becomes live; its ids are done; its failures are failed
-    compaction record  {"kind": "compaction", "part": C, "committed_at": t, "segments": [S...], "replaces": [R...]}
-                       → segments R stop being live, segments S (holding exactly R's rows) start
+    part record        {"part": P, "committed_at": t, "epoch": e, "done": [ids], "uris": [uris],
+                        "failed": [{video_id, uri, stage, error}]}
+                       → segment P becomes live; its ids are done (with the uri each was made from:
+                         `uris`, absent in records written before it existed); its failures are failed
+    compaction record  {"kind": "compaction", "part": C, "committed_at": t, "epoch": e, "segments": [S...],
+                        "replaces": [R...], "retired": [ids]}
+                       → segments R stop being live, segments S (holding R's rows less the `retired`
+                         ids) start; retired ids are no longer done (`--redo-changed`, see retire.py)
 
 Replaying records in commit order (committed_at, then name) gives the state; a record already applied
 is skipped by name, so replay is idempotent. A later failure never undoes a success; a later success
@@ -29,6 +33,7 @@ _EMPTY_FAILURES = pa.table({c: pa.array([], pa.string()) for c in FAILURE_COLUMN
 @dataclass(frozen=True)
 class LedgerState:
     done_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    done_uris: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))   # aligned; null: not recorded
     failures: pa.Table = field(default_factory=lambda: _EMPTY_FAILURES)   # one row per failed, not done video
     segments: frozenset[str] = frozenset()          # live segments
     records: frozenset[str] = frozenset()           # names of the records applied
@@ -57,6 +62,15 @@ class LedgerState:
             [self.done_ids, self.failures.column("video_id").combine_chunks()])
         return pc.invert(pc.is_in(ids, value_set=skip))
 
+    def changed(self, corpus: pa.Table) -> pa.Table:
+        """Done videos of `corpus` (video_id, uri) whose uri there differs from the one they were made
+        from: (video_id, uri, committed_uri), in corpus order."""
+        done = pa.table({"video_id": self.done_ids, "committed_uri": self.done_uris})
+        joined = corpus.select(["video_id", "uri"]).join(done, "video_id", join_type="inner")
+        differ = pc.fill_null(pc.not_equal(joined.column("uri"), joined.column("committed_uri")), False)
+        order = pc.index_in(joined.column("video_id"), value_set=corpus.column("video_id"))
+        return joined.filter(differ).take(pc.sort_indices(order.filter(differ)))
+
     def pending(self, video_ids, retry_failed: bool = False) -> list[str]:
         """Ids of `video_ids` still to do, in order."""
         ids = pa.array(list(video_ids), pa.string())
@@ -69,20 +83,35 @@ def replay(base: LedgerState, records: list[dict]) -> LedgerState:
                  key=lambda r: (r.get("committed_at", 0), r["part"]))
     if not new:
         return base
-    added, replaced, done, failed = set(), set(), [], []
+    added, replaced, done, failed = set(), set(), {}, []
     for record in new:
         if record.get("kind") == "compaction":
             added.update(record["segments"])
             replaced.update(record["replaces"])
+            done.update(dict.fromkeys(record.get("retired", []), _RETIRED))
             continue
         added.add(record["part"])
-        done.extend(record.get("done", []))
+        uris = record.get("uris") or [None] * len(record.get("done", []))
+        done.update(zip(record.get("done", []), uris))
         failed.extend({c: str(f[c]) for c in FAILURE_COLUMNS} for f in record.get("failed", []))
     segments = (base.segments | added) - replaced      # names are never reused: order does not matter
-    done_ids = pc.unique(pa.concat_arrays([base.done_ids, pa.array(done, pa.string())]))
+    done_ids, done_uris = _done(base, done)
     names = tuple(r["part"] for r in new)
-    return LedgerState(done_ids, _latest_failures(base.failures, failed, done_ids), frozenset(segments),
+    return LedgerState(done_ids, done_uris, _latest_failures(base.failures, failed, done_ids), frozenset(segments),
                        base.records | set(names), base.unfolded + names, base.epoch, base.fenced)
+
+
+_RETIRED = object()
+
+
+def _done(base: LedgerState, latest: dict) -> tuple[pa.Array, pa.Array]:
+    """Done ids and their uris: `base`'s, updated by `latest` (id → uri, or _RETIRED: no longer done)."""
+    if not latest:
+        return base.done_ids, base.done_uris
+    keep = pc.invert(pc.is_in(base.done_ids, value_set=pa.array(list(latest), pa.string())))
+    now = {vid: uri for vid, uri in latest.items() if uri is not _RETIRED}
+    return (pa.concat_arrays([base.done_ids.filter(keep), pa.array(list(now), pa.string())]),
+            pa.concat_arrays([base.done_uris.filter(keep), pa.array(list(now.values()), pa.string())]))
 
 
 def _latest_failures(base: pa.Table, rows: list[dict], done_ids: pa.Array) -> pa.Table:
@@ -111,7 +140,7 @@ def to_index_table(state: LedgerState) -> pa.Table:
     """The state as one long table (kind, name, uri, stage, error), with its row counts in the metadata."""
     f = state.failures
     parts = {
-        "done": {"name": state.done_ids},
+        "done": {"name": state.done_ids, "uri": state.done_uris},
         "failed": {"name": f.column("video_id"), "uri": f.column("uri"), "stage": f.column("stage"),
                    "error": f.column("error")},
         "segment": {"name": pa.array(sorted(state.segments), pa.string())},
@@ -143,6 +172,7 @@ def from_index_table(table: pa.Table) -> LedgerState:
     failed = by_kind["failed"].rename_columns(["kind", "video_id", "uri", "stage", "error"]).select(
         list(FAILURE_COLUMNS))
     records = frozenset(by_kind["record"].column("name").to_pylist())
-    return LedgerState(by_kind["done"].column("name").combine_chunks(), failed,
+    done = by_kind["done"]
+    return LedgerState(done.column("name").combine_chunks(), done.column("uri").combine_chunks(), failed,
                        frozenset(by_kind["segment"].column("name").to_pylist()), records,
                        epoch=int(meta.get(b"epoch", b"0")))

@@ -79,14 +79,19 @@ def _problem(record, stem: str) -> str | None:
     if not isinstance(record.get("committed_at"), (int, float)) or not isinstance(record.get("epoch", 0), int):
         return "its 'committed_at' or 'epoch' is missing or not a number"
     if record.get("kind") == "compaction":
-        return _strings(record, ("segments", "replaces"))
+        return _strings(record, ("segments", "replaces")) or _strings(record, ("retired",), optional=True)
     if "kind" in record:
         return f"its kind {record['kind']!r} is unknown"
-    return _strings(record, ("done",)) or _failures(record.get("failed", []))
+    problem = _strings(record, ("done",)) or _strings(record, ("uris",), optional=True)
+    if not problem and len(record.get("uris", record["done"])) != len(record["done"]):
+        problem = "its 'uris' and 'done' differ in length"
+    return problem or _failures(record.get("failed", []))
 
 
-def _strings(record: dict, keys: tuple[str, ...]) -> str | None:
+def _strings(record: dict, keys: tuple[str, ...], optional: bool = False) -> str | None:
     for key in keys:
+        if optional and key not in record:
+            continue
         value = record.get(key)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return f"its {key!r} is not a list of strings"

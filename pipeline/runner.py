@@ -114,13 +114,16 @@ def _todo(ledger: Ledger, lease: WriterLease, corpus: Corpus, config: Config, fi
 
 def _fingerprint(config: Config) -> tuple[str, str]:
     """(checkpoint sha256, feature fingerprint); a run needs a checkpoint (or "random")."""
-    from pipeline.model import checkpoint_sha256, get_preset
+    from pipeline.model import check_checkpoint, checkpoint_sha256, get_preset
 
     if config.model.checkpoint is None:
         p = get_preset(config.model.preset)
         raise ConfigError(f"no checkpoint given: pass --checkpoint PATH|URL (preset {p.name} expects "
                           f"{p.checkpoint_file or 'a checkpoint'}) or --checkpoint random for random weights")
-    sha = checkpoint_sha256(config.model.checkpoint, seed=config.model.seed, preset=config.model.preset)
+    m = config.model                          # the strict load the actors will do, before anything is written
+    check_checkpoint(m.checkpoint, preset=m.preset, seed=m.seed, fused_attn=m.fused_attn,
+                     num_frames=config.sampling.num_frames, img_size=config.preprocess.size)
+    sha = checkpoint_sha256(m.checkpoint, seed=m.seed, preset=m.preset)
     return sha, config.fingerprint(sha)
 
 
@@ -234,6 +237,9 @@ def connect_ray(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
         return True
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from pipeline.ray_reaper import reap_on_driver_death
+
+    reap_on_driver_death()                  # an embedded Ray dies with its driver, even by SIGKILL
     return True
 
 

@@ -321,3 +321,25 @@ def test_protocol_4_torch_save_is_named(tmp_path, tiny_state):
 def test_missing_file_and_directory(tmp_path):
     assert both_fail(str(tmp_path / "nope.pyth"), **TINY) == f"checkpoint not found: {tmp_path / 'nope.pyth'}"
     assert "directory" in both_fail(str(tmp_path), **TINY)
+
+
+def test_a_wrong_checkpoint_stops_extract_before_anything_is_written(tmp_path, corpus):
+    """Exit 2 naming the keys, in the driver: no Ray started, no output pinned; the right one then runs."""
+    import torch
+
+    from pipeline.model import load_timesformer
+
+    from conftest import run_cli
+
+    sd = load_timesformer("random", preset="tiny").state_dict()
+    sd.pop("blocks.1.mlp.fc2.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.pth"
+    torch.save(sd, bad)
+    out = tmp_path / "out"
+    result = run_cli("extract", corpus["dir"], "--out", str(out), "--preset", "tiny", "--checkpoint", str(bad),
+                     "--no-progress", timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "blocks.1.mlp.fc2.weight" in result.stderr and "extra.weight" in result.stderr
+    assert "Traceback" not in result.stderr and not (out / "run.json").exists()
+    assert not (out / "videos").exists()
