@@ -22,20 +22,26 @@ Where Ray's console output comes from (Ray 2.60), and where each goes here:
 - Worker processes' output: not forwarded to the driver (`ray.init(log_to_driver=False)`, runner.py).
 `--verbose` leaves Ray's records, Ray Data's progress and the C++ lines on the console.
 
-The runner calls `announce` once Ray is up, drives a `Progress`, and the CLI prints `print_summary`.
+The runner calls `announce` once Ray is up, drives a `Progress` (progress.py), and the CLI prints
+`print_summary`. Every id, uri, path and error message these lines show passes through
+`printable` (text.py): no control character from the data reaches the terminal.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import shutil
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from typing import Iterator, TextIO
+
+from pipeline.progress import Progress, _clock  # noqa: F401 - re-exported: runner.py and tests import them here
+from pipeline.text import printable
+
+__all__ = ["Progress", "announce", "configure_logging", "describe_cluster", "failure_lines", "log_path",
+           "native_stderr_to", "print_summary", "printable", "ray_logs_to_file", "ray_warnings_logged"]
 
 RAY_LOGGERS = ("ray", "ray.data")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -51,7 +57,7 @@ class StderrHandler(logging.StreamHandler):
     def __init__(self, level: int = logging.NOTSET):
         super().__init__(sys.stderr)
         self.setLevel(level)
-        self.setFormatter(logging.Formatter(FORMAT))
+        self.setFormatter(PrintableFormatter(FORMAT))
 
     @property
     def stream(self) -> TextIO:
@@ -60,6 +66,14 @@ class StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:         # StreamHandler.__init__ assigns it; the property ignores it
         pass
+
+
+class PrintableFormatter(logging.Formatter):
+    """Escapes control characters in a record's line (its message names ids and paths); a traceback
+    appended below it keeps its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 def configure_logging(verbose: bool) -> None:
@@ -193,7 +207,8 @@ def native_stderr_to(path: str) -> Iterator[None]:
 def announce(todo: int, total: int, out: str, stream: TextIO | None = None) -> None:
     """The lines printed before a run starts: how many videos, on which devices, into which output."""
     stream = stream or sys.stdout
-    print(f"extracting {todo} videos ({total - todo} of {total} already done or failed) into {out}", file=stream)
+    print(f"extracting {todo} videos ({total - todo} of {total} already done or failed) into {printable(out)}",
+          file=stream)
     print(f"on {describe_cluster()}", file=stream, flush=True)
 
 
@@ -221,107 +236,20 @@ def print_summary(s: dict, checkpoint: str | None = None, out: str | None = None
                  f"clips: {s['clips']}; video: {s['video_hours']:.3f} h in {s['wall_s']:.1f} s "
                  f"({s['video_s_per_s']:.1f} video-s/s)")
     lines.append(f"time per stage (summed over workers): decode {s['decode_s']:.1f} s, inference "
-                 f"{s['infer_s']:.1f} s, commit {s['commit_s']:.1f} s; inference on: {', '.join(s['devices']) or '-'}")
+                 f"{s['infer_s']:.1f} s, commit {s['commit_s']:.1f} s; inference on: "
+                 f"{printable(', '.join(s['devices']) or '-')}")
     lines += failure_lines(s["failures"], s["failed"], out)
     if out:
-        lines.append(f"HTML report: vidfeat report {out}")
+        lines.append(f"HTML report: vidfeat report {printable(out)}")
     print("\n".join(lines), file=stream, flush=True)
 
 
 def failure_lines(failures: list[dict], total: int, out: str | None) -> list[str]:
-    """Up to SHOWN_FAILURES failures, a line each, then how many more and where they all are."""
+    """Up to SHOWN_FAILURES failures, a line each (escaped: `printable`), then how many more and where
+    they all are."""
     shown = failures[:SHOWN_FAILURES]
-    lines = [f"  failed: {f['video_id']} [{f['stage']}] {f['error']}" for f in shown]
+    lines = [printable(f"  failed: {f['video_id']} [{f['stage']}] {f['error']}") for f in shown]
     if total > len(shown):
-        lines.append(f"  ... and {total - len(shown)} more: `vidfeat status {out or 'OUT'} --json` lists every "
-                     "failure, as do the Parquet files of failures/")
+        lines.append(f"  ... and {total - len(shown)} more: `vidfeat status {printable(out or 'OUT')} --json` "
+                     "lists every failure, as do the Parquet files of failures/")
     return lines
-
-
-def _clock(seconds: float) -> str:
-    """3725 → '1:02:05', 65 → '1:05'."""
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-class Progress:
-    """One live progress line: videos and clips done, failures so far, video-hours per hour, ETA.
-
-    On a terminal the line is redrawn in place about twice a second; on anything else (CI logs,
-    `ray job submit` logs) a complete line is printed every `interval_s` seconds (default 30, or
-    $VIDFEAT_PROGRESS_INTERVAL_S), and once at the end. Updates come from the driver loop; a background
-    thread prints, so the line keeps its clock running while no result arrives.
-    """
-
-    def __init__(self, videos: int, enabled: bool = True, stream: TextIO | None = None,
-                 interval_s: float | None = None):
-        self.stream = stream or sys.stdout
-        self.interactive = _isatty(self.stream)
-        default = 0.5 if self.interactive else float(os.environ.get("VIDFEAT_PROGRESS_INTERVAL_S", 30))
-        self.interval_s = interval_s if interval_s is not None else default
-        self.total, self.videos, self.failed, self.clips, self.video_s = videos, 0, 0, 0, 0.0
-        self.started = time.monotonic()
-        self._lock, self._stop, self._width = threading.Lock(), threading.Event(), 0
-        self._thread = threading.Thread(target=self._tick, name="vidfeat-progress", daemon=True)
-        self.enabled = enabled
-        if enabled:
-            self._thread.start()
-
-    def video_done(self, event: dict) -> None:
-        """A video finished: `event` is {"video": {..., "duration_s"}} or {"failure": {...}}."""
-        with self._lock:
-            self.videos += 1
-            if "failure" in event:
-                self.failed += 1
-            else:
-                self.video_s += float(event["video"].get("duration_s", 0.0))
-
-    def clip_done(self, row: dict | None = None) -> None:
-        """A clip came back from inference (a row with an `error` is a failed video, not a clip)."""
-        if row is None or not row.get("error"):
-            with self._lock:
-                self.clips += 1
-
-    def line(self) -> str:
-        """The progress line as of now."""
-        with self._lock:
-            elapsed = time.monotonic() - self.started
-            videos, failed, clips, video_s = self.videos, self.failed, self.clips, self.video_s
-        rate = video_s / elapsed if elapsed > 0 else 0.0
-        eta = "ETA " + (_clock(elapsed / videos * (self.total - videos)) if videos else "?")
-        failures = f" ({failed} failed)" if failed else ""
-        return (f"videos {videos}/{self.total}{failures} | clips {clips} | {rate:.2f} video-h/h | "
-                f"elapsed {_clock(elapsed)} | {'done' if videos >= self.total else eta}")
-
-    def close(self) -> None:
-        """Stop the clock and leave the final line on the console."""
-        if not self.enabled:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._draw(final=True)
-        self.enabled = False
-
-    def _tick(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._draw(final=False)
-
-    def _draw(self, final: bool) -> None:
-        text = self.line()
-        if self.interactive:
-            width = shutil.get_terminal_size((100, 20)).columns - 1
-            text = text[:width]
-            self.stream.write("\r" + text.ljust(self._width) + ("\n" if final else ""))
-            self._width = len(text)
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _isatty(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
