@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import main, run_cli
 
 
 def run(argv: list[str] | None = None) -> int:
+    """The exit code of `vidfeat extract ARGV` (default: this process's arguments), run in this process."""
     return main(["extract", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run_cli(["extract", *sys.argv[1:]])         # leaves with the code (pipeline.exits.exit_now)

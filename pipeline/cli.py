@@ -1,19 +1,32 @@
 """vidfeat command line: extract | status | verify | compact | inspect | search | report | demo (contract: DESIGN.md §4).
 
-Exit codes: 0 success; 1 the command finished but found failures (failed videos, a failed verify);
-2 bad usage, configuration, input or output directory; 3 the run was stopped (more failures than
---max-failure-rate allows).
+Exit codes, one meaning each (DESIGN.md §5; 70, 74, 75 from sysexits.h; the mapping: pipeline/exits.py):
+  0   done (verify: no problem found)          1   finished, but videos failed, or verify found problems
+  2   bad usage, configuration, input or checkpoint; an output directory that is none (a typo) or is
+      damaged (VidfeatError, DamagedOutputError included; a command-line path that does not exist)
+  3   stopped by --max-failure-rate (what was finished is committed)
+  70  unexpected error (a bug)   74  I/O error: any other OSError (disk full, EIO, permission, storage)
+      — one line on stderr with the exception's type, message and file; the traceback in a log file
+  75  lease lost: another writer took the output over; committed work is safe; run again
+  130 interrupted (SIGINT), 143 terminated (SIGTERM): finished work committed, lease released; run again
+No traceback reaches the console unless --verbose; text from the data passes through `printable`.
+`run_cli` is the process entry point (`vidfeat`, `python -m pipeline`, `python -m jobs.extract`): it
+leaves with `os._exit` after flushing and the atexit hooks, so native destructors cannot turn the code
+into SIGABRT at teardown. `main(argv)` returns the code (tests call it in process).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 
-from pipeline.errors import VidfeatError
-
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
+from pipeline import exits
+from pipeline.errors import ConfigError
+from pipeline.exits import (EXIT_ABORTED, EXIT_FAILURES, EXIT_IOERR, EXIT_OK, EXIT_SIGINT,  # noqa: F401
+                            EXIT_SIGTERM, EXIT_SOFTWARE, EXIT_TEMPFAIL, EXIT_USAGE)
+from pipeline.text import printable
 
 
 def add_extract_arguments(ap: argparse.ArgumentParser) -> None:
@@ -84,11 +97,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     with console.ray_logs_to_file(console.log_path("extract"), args.verbose) as log_file:
-        print(f"Ray's logs: {log_file}" + ("" if args.verbose else " (--verbose shows them here)"), flush=True)
+        args.log_file = log_file                             # where an unexpected error's traceback goes
+        print(f"Ray's logs: {printable(log_file)}" + ("" if args.verbose else " (--verbose shows them here)"),
+              flush=True)
         try:
             summary = run_extract(args.source, args.out, config, progress=not args.no_progress)
         except FailureRateExceeded as exc:
-            print(f"vidfeat extract: stopped: {exc}", file=sys.stderr)
+            print(f"vidfeat extract: stopped: {printable(exc)}", file=sys.stderr)
             return EXIT_ABORTED
     console.print_summary(summary.to_dict(), config.model.checkpoint, out=args.out)
     return EXIT_FAILURES if summary.failed else EXIT_OK
@@ -98,11 +113,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.console import failure_lines
     from pipeline.status import status
 
+    require_output(args.out)
     report = status(args.out, source=args.source)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{args.out}: {report['done']} done, {report['failed']} failed, "
+        print(f"{printable(args.out)}: {report['done']} done, {report['failed']} failed, "
               f"{report['pending'] if report['pending'] is not None else '?'} pending; {report['parts']} parts")
         for line in failure_lines(report["failures"], report["failed"], args.out):
             print(line)
@@ -112,13 +128,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.verify import verify
 
+    require_output(args.out)
     report = verify(args.out)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{args.out}: {report['videos']} videos, {report['clips']} clips in {report['parts']} parts")
+        print(f"{printable(args.out)}: {report['videos']} videos, {report['clips']} clips in {report['parts']} parts")
         for problem in report["problems"]:
-            print(f"  PROBLEM: {problem}")
+            print(f"  PROBLEM: {printable(problem)}")
         print("OK" if report["ok"] else f"FAILED: {len(report['problems'])} problem(s)")
     return EXIT_OK if report["ok"] else EXIT_FAILURES
 
@@ -128,11 +145,12 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
     from pipeline.compact import compact
 
+    require_output(args.out)
     report = dataclasses.asdict(compact(args.out, target_mb=args.target_mb))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{args.out}: merged {report['segments_before']} segments into {report['segments_after']} "
+        print(f"{printable(args.out)}: merged {report['segments_before']} segments into {report['segments_after']} "
               f"({report['groups']} merges, {report['bytes_rewritten'] / 2**20:.1f} MiB written, "
               f"{report['seconds']:.1f} s)")
         for sub, n in report["files_before"].items():
@@ -152,7 +170,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         v = report["video"]
-        print(f"{args.video}: {v['width']}x{v['height']}, {v['fps']:.3f} fps, {v['num_frames']} frames, "
+        print(f"{printable(args.video)}: {v['width']}x{v['height']}, {v['fps']:.3f} fps, {v['num_frames']} frames, "
               f"{v['duration_s']:.2f} s")
         for c in report["clips"]:
             print(f"  clip {c['index']}: {c['start_s']:.2f}-{c['end_s']:.2f} s, {c['valid_frames']} valid, "
@@ -166,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     videos = os.path.join(args.out, "samples")
     write_demo_set(videos)
-    print(f"wrote {len(os.listdir(videos))} sample videos to {videos}")
+    print(f"wrote {len(os.listdir(videos))} sample videos to {printable(videos)}")
     print("running the pipeline with RANDOM weights of the 'tiny' preset: the machinery is real, the numbers are not")
     extract = build_parser().parse_args(["extract", videos, "--out", os.path.join(args.out, "features"),
                                          "--preset", "tiny", "--checkpoint", "random"]
@@ -176,9 +194,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
     features = os.path.join(args.out, "features")
-    print(f"features in {features} (try: vidfeat status / vidfeat verify / vidfeat search on it)")
-    print(f"report: {write_report(features, os.path.join(args.out, 'report.html'))} (open it in a browser)")
+    print(f"features in {printable(features)} (try: vidfeat status / vidfeat verify / vidfeat search on it)")
+    print(f"report: {printable(write_report(features, os.path.join(args.out, 'report.html')))} "
+          "(open it in a browser)")
     return code
+
+
+def require_output(out: str) -> None:
+    """Refuse (exit 2) a path that holds no vidfeat output — no `ledger/`, no `run.json`: a typo must not
+    read as '0 videos, OK', nor make `compact` create the directory."""
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(out)
+    path = path.rstrip("/")
+    if not (fs.exists(f"{path}/ledger") or fs.exists(f"{path}/run.json")):
+        raise ConfigError(f"{out} is not a vidfeat output directory: it holds no ledger/ and no run.json")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -248,17 +278,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
+    """Run the command `argv` (default: sys.argv[1:]) and return its exit code (module doc); whatever it
+    raises becomes one line on stderr. Usage errors exit from argparse (SystemExit 2)."""
+    args = build_parser().parse_args(argv)
     from pipeline.console import configure_logging
 
     configure_logging(args.verbose)
     try:
-        return args.func(args)
-    except VidfeatError as exc:
-        print(f"vidfeat {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        with exits.sigterm_raises():
+            return args.func(args)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:                 # ray.init's SIGTERM handler calls sys.exit(15)
+            raise
+        return exits.report(exits.Terminated(), args)
+    except (Exception, KeyboardInterrupt, exits.Terminated) as exc:
+        return exits.report(exc, args)
+
+
+def run_cli(argv: list[str] | None = None) -> None:
+    """The process entry point: `main(argv)`, then `exit_now` with its code (exits.py: no SIGABRT at
+    teardown). Not for tests, which call `main`."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:                          # argparse: --help (0), a usage error (2)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    exits.exit_now(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli()
