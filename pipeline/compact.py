@@ -22,7 +22,6 @@ order. The HDF5 layout is unchanged; its `provenance` attribute lists the member
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -31,26 +30,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import h5py
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import schemas
 from pipeline import segments
 from pipeline.faults import failpoint
 from pipeline.lease import WriterLease
 from pipeline.ledger import Ledger
 from pipeline.ledger_state import LedgerState
 from pipeline.segments import DATA_DIRS
+from pipeline.sinks import hdf5 as hdf5_sink
+from pipeline.sinks.hdf5 import Incompatible
 from pipeline.sinks import publish_file
 
 log = logging.getLogger(__name__)
 
 ROW_GROUP_BYTES = 64 * 2**20           # Parquet row groups of merged files, about this size
-
-
-class Incompatible(Exception):
-    """The members of a group were written with different schemas: they are not merged."""
 
 
 @dataclass
@@ -141,11 +137,13 @@ def _merge_or_skip(ledger: Ledger, files: Listing, group: list[str], report: Com
         log.warning("not merging %s … %s: %s", group[0], group[-1], exc)
 
 
-def merge_group(ledger: Ledger, files: Listing, group: list[str], name: str) -> int:
-    """Steps 1–4 of the module doc for one group; returns the bytes written."""
-    staged = _stage(ledger, files, group, name)
+def merge_group(ledger: Ledger, files: Listing, group: list[str], name: str, drop: frozenset = frozenset(),
+                kind: str = "compaction") -> int:
+    """Steps 1–4 of the module doc for one group, leaving out the rows of the `drop` ids (retired: no
+    longer done, see retire.py); returns the bytes written."""
+    staged = _stage(ledger, files, group, name, drop)
     failpoint("compact.data")
-    ledger.record_compaction(f"compaction-{name}", [name], group)
+    ledger.record_compaction(f"{kind}-{name}", [name], group, retired=sorted(drop))
     failpoint("compact.record")
     ledger.check_fence()              # after the record: a writer that claims later holds it (records.py)
     ledger.fs.rm([p for sub in DATA_DIRS for p in files.members(sub, group)])
@@ -157,15 +155,15 @@ def merge_group(ledger: Ledger, files: Listing, group: list[str], name: str) -> 
     return sum(staged.values())
 
 
-def _stage(ledger: Ledger, files: Listing, group: list[str], name: str) -> dict[str, int]:
-    """Write the group's merged files and publish them staged; folder → bytes."""
+def _stage(ledger: Ledger, files: Listing, group: list[str], name: str, drop: frozenset) -> dict[str, int]:
+    """Write the group's merged files (less the `drop` ids' rows) and publish them staged; folder → bytes."""
     written = {}
     with tempfile.TemporaryDirectory(prefix="vidfeat-compact-") as tmp:
         for sub in DATA_DIRS:
             members = files.members(sub, group)
             if members:
                 local = os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}")
-                (_merge_hdf5 if sub == "hdf5" else _merge_parquet)(ledger, members, local)
+                (_merge_hdf5 if sub == "hdf5" else _merge_parquet)(ledger, members, local, drop)
                 written[sub] = os.path.getsize(local)
         for sub in written:
             publish_file(os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}"),
@@ -173,12 +171,15 @@ def _stage(ledger: Ledger, files: Listing, group: list[str], name: str) -> dict[
     return written
 
 
-def _merge_parquet(ledger: Ledger, members: list[str], local: str) -> None:
-    """Concatenate Parquet files of one schema, in order, into one file with row groups of ~64 MB."""
+def _merge_parquet(ledger: Ledger, members: list[str], local: str, drop: frozenset = frozenset()) -> None:
+    """Concatenate Parquet files of one schema, in order, into one file with row groups of ~64 MB,
+    leaving out the rows of the `drop` ids."""
     writer, buffered, size = None, [], 0
     for path in members:
         with ledger.fs.open(path, "rb") as fh:
             table = pq.read_table(fh)
+        if drop:
+            table = table.filter(pc.invert(pc.is_in(table.column("video_id"), value_set=pa.array(sorted(drop)))))
         writer = writer or pq.ParquetWriter(local, table.schema, compression="zstd")
         if not table.schema.equals(writer.schema):
             raise Incompatible(f"{path} has the schema {table.schema}, not {writer.schema}")
@@ -191,47 +192,6 @@ def _merge_parquet(ledger: Ledger, members: list[str], local: str) -> None:
     writer.close()
 
 
-def _merge_hdf5(ledger: Ledger, members: list[str], local: str) -> None:
-    """Concatenate HDF5 parts in order: one contiguous dataset per name, clip offsets shifted."""
-    shapes, meta = _hdf5_layout(ledger, members)
-    with h5py.File(local, "w") as out:
-        out.attrs["schema_version"] = schemas.SCHEMA_VERSION
-        out.attrs["provenance"] = json.dumps(meta, sort_keys=True)
-        for name, (shape, dtype) in shapes.items():
-            out.create_dataset(name, shape=shape, dtype=dtype)
-        rows = {name: 0 for name in shapes}
-        out["clip_offset"][0], rows["clip_offset"], clip_base = 0, 1, 0
-        for path in members:
-            with ledger.fs.open(path, "rb") as fh, h5py.File(fh, "r") as part:
-                for name in shapes:
-                    data = part[name][1:] + clip_base if name == "clip_offset" else part[name][()]
-                    out[name][rows[name]:rows[name] + len(data)] = data
-                    rows[name] += len(data)
-                clip_base += int(part["clip_offset"][-1])
-
-
-def _hdf5_layout(ledger: Ledger, members: list[str]) -> tuple[dict, dict]:
-    """Merged dataset name → (shape, dtype), and the merged provenance (members' run ids joined).
-    Members must hold the same datasets, with the same dtypes and row shapes."""
-    lengths, specs, runs, meta = {}, None, [], {}
-    for path in members:
-        with ledger.fs.open(path, "rb") as fh, h5py.File(fh, "r") as part:
-            found = {name: (part[name].shape[1:], part[name].dtype) for name in _datasets(part)}
-            if specs is not None and found != specs:
-                raise Incompatible(f"{path} holds the datasets {sorted(found)}, unlike the group's first part")
-            specs, meta = found, json.loads(part.attrs.get("provenance", "{}"))
-            runs.append(str(meta.get("run_id", "")))
-            for name in found:
-                lengths[name] = lengths.get(name, 0) + part[name].shape[0] - (name == "clip_offset")
-    lengths["clip_offset"] += 1
-    meta["run_id"] = ",".join(dict.fromkeys(r for r in runs if r))
-    return {n: ((lengths[n], *specs[n][0]), specs[n][1]) for n in specs}, meta
-
-
-def _datasets(group: h5py.Group, prefix: str = "") -> list[str]:
-    """Every dataset below `group`, as paths (`embedding`, `clips/embedding`, …)."""
-    names = []
-    for key, item in group.items():
-        path = f"{prefix}{key}"
-        names += _datasets(item, path + "/") if isinstance(item, h5py.Group) else [path]
-    return names
+def _merge_hdf5(ledger: Ledger, members: list[str], local: str, drop: frozenset = frozenset()) -> None:
+    """Concatenate HDF5 parts in order, leaving out the `drop` ids (sinks/hdf5.py: merge)."""
+    hdf5_sink.merge(lambda path: ledger.fs.open(path, "rb"), members, local, drop)

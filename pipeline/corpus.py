@@ -17,6 +17,7 @@ which HDF5's strings cannot hold and C libraries cut short.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import fsspec
@@ -25,6 +26,8 @@ import pyarrow.compute as pc
 from fsspec.core import url_to_fs
 
 from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".3gp", ".wmv")
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".jsonl", ".json")
@@ -80,6 +83,7 @@ def load_corpus(source: str) -> Corpus:
                           f"a directory nor a glob that exists")
     _check_unique(table, source)
     _check_no_nul(table, source)
+    _warn_shared_uris(table, source)
     return Corpus(source, table)
 
 
@@ -211,6 +215,20 @@ def _check_unique(table: pa.Table, source: str) -> None:
     more = f" and {len(dupes) - SHOWN} more" if len(dupes) > SHOWN else ""
     raise ConfigError(f"duplicate video ids in {source}: {', '.join(shown)}{more} (rows 1-based, header not "
                       f"counted)")
+
+
+def _warn_shared_uris(table: pa.Table, source: str) -> None:
+    """Warn when one uri is listed under several ids (it would be extracted once per id)."""
+    uris = table.column("uri")
+    counts = pc.value_counts(uris)
+    shared = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(shared) == 0:
+        return
+    shown = [f"{uri!r} as {', '.join(map(repr, table.filter(pc.equal(uris, uri)).column('video_id').to_pylist()[:SHOWN]))}"
+             for uri in shared.to_pylist()[:SHOWN]]
+    more = f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
+    log.warning("%s lists %d uri(s) under several ids, each extracted once per id: %s%s", source, len(shared),
+                "; ".join(shown), more)
 
 
 def _check_no_nul(table: pa.Table, source: str) -> None:

@@ -62,6 +62,9 @@ class RunSummary:
     compact_s: float = 0.0                                  # folding the ledger and compacting, at the end
     upkeep_error: str | None = None                         # why folding or compacting failed, if it did
     stopped: str | None = None                              # why the run stopped early (--max-failure-rate)
+    changed: int = 0                                        # committed videos whose manifest uri changed
+    changed_videos: list[dict] = field(default_factory=list)   # the first 100: video_id, uri, committed_uri
+    redone_changed: bool = False                            # ... retired and extracted again (--redo-changed)
     first_commit_s: float | None = None                     # seconds from the start to the first commit
     devices: list[str] = field(default_factory=list)
     operators: list[str] = field(default_factory=list)      # the Ray Data plan as executed
@@ -106,10 +109,28 @@ def _todo(ledger: Ledger, lease: WriterLease, corpus: Corpus, config: Config, fi
     state = ledger.claim(lease)
     ledger.check_fingerprint(fingerprint)
     ledger.collect_garbage(state)
+    state = _drift(ledger, state, corpus, config, summary)
     todo = corpus.select(state.todo_mask(corpus.ids, config.run.retry_failed))
     summary.total, summary.skipped = len(corpus), len(corpus) - len(todo)
     log.info("%d videos in the corpus, %d already done or failed, %d to do", len(corpus), summary.skipped, len(todo))
     return todo
+
+
+def _drift(ledger: Ledger, state, corpus: Corpus, config: Config, summary: RunSummary):
+    """Count (and list) committed videos whose uri in the manifest changed; with `run.redo_changed`,
+    retire them (retire.py) so that this run extracts them again. Returns the state to go on from."""
+    changed = state.changed(corpus.table)
+    summary.changed, summary.changed_videos = changed.num_rows, changed.slice(0, 100).to_pylist()
+    if not changed.num_rows:
+        return state
+    if not config.run.redo_changed:
+        log.warning("%d committed video(s) have another uri in the manifest than the one they were made from; "
+                    "they keep their features (--redo-changed extracts them again)", changed.num_rows)
+        return state
+    from pipeline.retire import retire
+
+    summary.redone_changed = True
+    return retire(ledger, state, changed.column("video_id").to_pylist())
 
 
 def _fingerprint(config: Config) -> tuple[str, str]:

@@ -25,15 +25,18 @@ def status(out: str, source: str | None = None) -> dict:
     state = ledger.load()
     run = last_run(ledger)
     source = source or (run or {}).get("source")
-    pending = None
+    pending, changed = None, None
     if source:
         try:
             corpus = load_corpus(source)
             pending = pc.sum(state.todo_mask(corpus.ids)).as_py() or 0
+            changed = state.changed(corpus.table)
         except (VidfeatError, OSError):
             pending = None
     failures = state.failures.sort_by("video_id")
     return {"out": out, "source": source, "done": len(state.done_ids), "failed": failures.num_rows,
             "pending": pending, "parts": len(state.segments),
+            "changed": None if changed is None else changed.num_rows,      # committed, manifest uri changed
+            "changed_videos": [] if changed is None else changed.slice(0, 100).to_pylist(),
             "failures": failures.to_pylist(),
             "last_run": (run or {}).get("summary")}
