@@ -119,8 +119,7 @@ class WriterLease:
             if not path.endswith(".json") or path.rsplit("/", 1)[-1].startswith("."):
                 continue
             try:
-                with self.ledger.fs.open(path, "rb") as fh:
-                    leases.append(json.loads(fh.read()))
+                leases.append(json.loads(self.ledger.fs.cat_file(path)))
             except (FileNotFoundError, ValueError):     # withdrawn meanwhile, or a temporary
                 continue
         return leases

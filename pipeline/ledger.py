@@ -32,10 +32,9 @@ import logging
 import time
 
 from fsspec.core import url_to_fs
-from fsspec.implementations.local import LocalFileSystem
 
 from pipeline import segments
-from pipeline import records
+from pipeline import records, storage
 from pipeline.errors import ConfigError, DamagedOutputError, LeaseLostError
 from pipeline.faults import failpoint
 from pipeline.ledger_state import LedgerState, from_index_table, replay, to_index_table
@@ -61,7 +60,8 @@ class Ledger:
 
     def __init__(self, out: str):
         self.out = out.rstrip("/")
-        self.fs, self.root = url_to_fs(self.out)
+        fs, self.root = url_to_fs(self.out)
+        self.fs = storage.guarded(fs)           # every call under a deadline, retried, then a clear error
         self.epoch: int | None = None           # set by claim(): this writer's epoch (records.py)
         self.lease = None                       # the WriterLease it claimed under, if any
 
@@ -104,8 +104,7 @@ class Ledger:
         if not indexes:
             return self.rebuild() if self.ls("ledger/records") else LedgerState()
         try:
-            with self.fs.open(indexes[-1], "rb") as fh:
-                return from_index_table(_read_parquet(fh.read()))
+            return from_index_table(_read_parquet(self.fs.cat_file(indexes[-1])))
         except DAMAGE as exc:
             log.warning("ledger index %s is damaged (%s: %s); rebuilding it from the part records (in memory: "
                         "the next run or compaction publishes it)", indexes[-1], type(exc).__name__, exc)
@@ -209,7 +208,7 @@ class Ledger:
         if not paths:
             return
         targets = [self.path("ledger", sub, _name(p)) for p in paths]
-        if not isinstance(self.fs, LocalFileSystem):
+        if not storage.is_local(self.fs):
             self.fs.copy(paths, targets)
             self.fs.rm(paths)
             return
@@ -257,8 +256,7 @@ class Ledger:
 
     def _pinned(self) -> dict | None:
         try:
-            with self.fs.open(self.path("run.json"), "rb") as fh:
-                return json.loads(fh.read())
+            return json.loads(self.fs.cat_file(self.path("run.json")))
         except FileNotFoundError:
             return None
         except ValueError as exc:
@@ -278,8 +276,7 @@ class Ledger:
         return [p for p in self.ls(sub) if p.endswith(".json") and not _name(p).startswith(".")]
 
     def _read_record(self, path: str) -> dict:
-        with self.fs.open(path, "rb") as fh:
-            return records.parse(fh.read(), self.url(*path[len(self.root) + 1:].split("/")))
+        return records.parse(self.fs.cat_file(path), self.url(*path[len(self.root) + 1:].split("/")))
 
     def _claims(self) -> dict[int, str]:
         """Claimed epoch → path of its claim file."""
@@ -291,16 +288,10 @@ class Ledger:
         return found
 
     def _read_claim(self, path: str) -> dict:
-        with self.fs.open(path, "rb") as fh:
-            try:
-                return json.loads(fh.read())
-            except ValueError as exc:
-                raise DamagedOutputError(f"ledger claim {path} cannot be read ({exc}); nothing was deleted") from None
-
-
-def _held_by_index(state: LedgerState) -> frozenset[str]:
-    """The records of `state` that its index holds (those it did not replay on top)."""
-    return state.records - set(state.unfolded)
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except ValueError as exc:
+            raise DamagedOutputError(f"ledger claim {path} cannot be read ({exc}); nothing was deleted") from None
 
 
 def _claimed_with(record: dict, claims: dict[int, str], read_claim) -> bool:

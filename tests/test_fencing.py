@@ -141,8 +141,8 @@ def test_a_paused_compaction_deletes_nothing_after_a_takeover(tmp_path, monkeypa
     paused = Ledger(out)
     real_record = paused.record_compaction
 
-    def record_then_pause(name, segments, replaces):
-        real_record(name, segments, replaces)
+    def record_then_pause(name, segments, replaces, retired=()):
+        real_record(name, segments, replaces, retired)
         Ledger(out).claim()                                      # another writer takes over meanwhile
 
     monkeypatch.setattr(paused, "record_compaction", record_then_pause)

@@ -257,7 +257,8 @@ def test_s3_in_and_out_with_resume_and_a_crash_between_data_and_ledger(s3, ray_h
                      timeout=400)
     assert killed.returncode == -9, killed.stderr[-3000:]
     fs.invalidate_cache()
-    assert fs.ls(f"{bucket}/features/videos") and not fs.exists(f"{bucket}/features/ledger")
+    assert fs.ls(f"{bucket}/features/videos") and not fs.glob(f"{bucket}/features/ledger/part-*.json")
+    assert not fs.exists(f"{bucket}/features/run.json")          # pinned by the first commit, not before
     done = run_cli(*args, "--config", str(cfg), env_extra=s3["env"], timeout=400)
     assert done.returncode == 1 and "2 ok, 1 failed" in done.stdout, done.stdout + done.stderr[-3000:]
     assert verify(out)["ok"]

@@ -26,6 +26,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.faults import failpoint
+from pipeline.storage import guarded
 
 
 def _umask() -> int:
@@ -58,7 +59,7 @@ def publish_file(local_path: str, url: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     else:
-        fs.put_file(local_path, path, callback=_UploadProgress())
+        guarded(fs).put_file(local_path, path, callback=_UploadProgress())
         os.remove(local_path)
 
 
@@ -77,7 +78,12 @@ def publish_bytes(data: bytes, url: str, exclusive: bool = False) -> None:
 def _publish_exclusive(data: bytes, url: str) -> None:
     fs, path = url_to_fs(url)
     if not isinstance(fs, LocalFileSystem):
-        fs.pipe_file(path, data, mode="create")
+        fs = guarded(fs)
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            if fs.cat_file(path) != data:           # not our own first try, whose answer was lost
+                raise
         return
     directory, name = os.path.split(path)
     os.makedirs(directory, exist_ok=True)
