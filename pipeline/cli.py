@@ -214,6 +214,7 @@ def require_output(out: str) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from pipeline import search
 
+    require_output(args.out)
     return search.cmd_search(args)
 
 

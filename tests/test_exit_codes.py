@@ -66,15 +66,15 @@ def test_finished_output_is_0_for_status_and_verify(finished):
         assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
-@pytest.mark.parametrize("command", ["status", "verify", "compact"])
+@pytest.mark.parametrize("command", [["status"], ["verify"], ["compact"], ["search", "--video-id", "a"]])
 def test_a_path_that_holds_no_output_is_a_usage_error(tmp_path, command):
     typo = str(tmp_path / "typo")
-    done = run_cli(command, typo)
+    done = run_cli(command[0], typo, *command[1:])
     assert done.returncode == 2
     assert typo in one_line(done.stderr) and "not a vidfeat output directory" in done.stderr
     assert not os.path.exists(typo)                              # compact did not create it
     os.mkdir(typo)                                               # an empty directory is no output either
-    assert run_cli(command, typo).returncode == 2 and os.listdir(typo) == []
+    assert run_cli(command[0], typo, *command[1:]).returncode == 2 and os.listdir(typo) == []
 
 
 def test_require_output_accepts_a_run_json_or_a_ledger(tmp_path):
