@@ -6,8 +6,8 @@ Relative URIs in a manifest are resolved against the manifest's folder. Everythi
 so local paths and s3://, gs://, ... work alike.
 
 A manifest is read and checked as Arrow columns, never as one Python object per row: a 1.22 M-row
-manifest reads in about a second. Problems name the rows (1-based, header not counted): a missing
-`uri` column, rows without a uri, and ids used by more than one row.
+manifest reads in about a second. Problems name the rows (1-based, header not counted); what a corpus
+must satisfy is in corpus_checks.py.
 
 Ids and uris are carried byte for byte to every output (the Parquet parts, the HDF5 parts, the ledger,
 the failures table): any Unicode text, control characters, combining marks and ids of any length
@@ -17,21 +17,19 @@ which HDF5's strings cannot hold and C libraries cut short.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
+from pipeline import corpus_checks as checks
 from pipeline.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".3gp", ".wmv")
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".jsonl", ".json")
-SHOWN = 10                                            # rows named in one error message
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,8 @@ def read_corpus(source: str) -> list[VideoRecord]:
 def load_corpus(source: str) -> Corpus:
     """The videos of `source` as columns (see Corpus); raises ConfigError naming the bad rows."""
     fs, path = url_to_fs(source)
-    if source.lower().endswith(MANIFEST_EXTENSIONS) and fs.isfile(path):
+    is_manifest = source.lower().endswith(MANIFEST_EXTENSIONS) and fs.isfile(path)
+    if is_manifest:
         table = _read_manifest(source)
     elif fs.isdir(path):
         table = _list_videos(source, fs.find(path), root=path)
@@ -81,24 +80,28 @@ def load_corpus(source: str) -> Corpus:
     else:
         raise ConfigError(f"source {source!r} is neither a manifest ({', '.join(MANIFEST_EXTENSIONS)}), "
                           f"a directory nor a glob that exists")
-    _check_unique(table, source)
-    _check_no_nul(table, source)
-    _warn_shared_uris(table, source)
+    if table.num_rows == 0:
+        raise ConfigError(f"source {source!r} holds no video (video files end in {', '.join(VIDEO_EXTENSIONS)})")
+    checks.check_unique(table, source)
+    checks.check_no_nul(table, source)
+    checks.warn_shared_uris(table, source, resolve_links=not is_manifest and isinstance(fs, LocalFileSystem))
     return Corpus(source, table)
 
 
 def _read_manifest(source: str) -> pa.Table:
     table = _read_table(source)
+    checks.check_columns(table, source)
     if "uri" not in table.column_names:
         raise ConfigError(f"manifest {source} has no 'uri' column (columns: {table.column_names})")
     uris = _strings(table, "uri", source)
-    _check_present(uris, source)
+    checks.check_present(uris, source)
     base = source.rsplit("/", 1)[0] if "/" in source else "."
     relative = pc.invert(pc.or_(pc.match_substring(uris, "://"), pc.starts_with(uris, "/")))
     resolved = pc.if_else(relative, pc.binary_join_element_wise(pa.scalar(base), uris, "/"), uris)
     derived = relative_ids(resolved, base)
     if "video_id" in table.column_names:
         given = _strings(table, "video_id", source)
+        checks.warn_missing_ids(given, source)
         ids = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(given), 0), False), given, derived)
     else:
         ids = derived
@@ -138,23 +141,14 @@ def _first_bad_row(source: str) -> int | None:
             rows = csv.reader(fh)
             width = len(next(rows, []))
             return next((i for i, row in enumerate(rows, 1)
-                         if row and (len(row) != width or not _utf8(",".join(row)))), None)
+                         if row and (len(row) != width or not checks.utf8(",".join(row)))), None)
         for i, line in enumerate((line for line in fh if line.strip()), 1):
             try:
-                if not isinstance(obj := json.loads(line), dict) or not _utf8(json.dumps(obj, ensure_ascii=False)):
+                if not isinstance(obj := json.loads(line), dict) or not checks.utf8(json.dumps(obj, ensure_ascii=False)):
                     return i
             except ValueError:
                 return i
     return None
-
-
-def _utf8(text: str) -> bool:
-    """Whether `text` is valid Unicode (no lone surrogates, no undecodable bytes)."""
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _strings(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
@@ -164,14 +158,6 @@ def _strings(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise ConfigError(f"manifest {source}: column {name!r} of type {column.type} does not hold "
                           f"text: {exc}") from None
-
-
-def _check_present(uris: pa.ChunkedArray, source: str) -> None:
-    bad = pc.or_(pc.is_null(uris), pc.equal(pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(uris)), 0), 0))
-    rows = _rows_where(bad)
-    if rows:
-        raise ConfigError(f"manifest {source}: {len(rows)} row(s) have no uri: rows {_shown(rows)} "
-                          f"(1-based, header not counted)")
 
 
 def relative_ids(uris: pa.ChunkedArray | pa.Array, root: str) -> pa.ChunkedArray:
@@ -202,50 +188,4 @@ def _list_videos(source: str, paths, root: str) -> pa.Table:
 def _hidden(path: str) -> bool:
     return any(part.startswith(".") for part in path.split("/") if part)
 
-
-def _check_unique(table: pa.Table, source: str) -> None:
-    ids = table.column("video_id")
-    counts = pc.value_counts(ids)
-    dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-    if len(dupes) == 0:
-        return
-    shown = []
-    for vid in dupes.to_pylist()[:SHOWN]:
-        shown.append(f"{vid!r} (rows {_shown(_rows_where(pc.equal(ids, vid)))})")
-    more = f" and {len(dupes) - SHOWN} more" if len(dupes) > SHOWN else ""
-    raise ConfigError(f"duplicate video ids in {source}: {', '.join(shown)}{more} (rows 1-based, header not "
-                      f"counted)")
-
-
-def _warn_shared_uris(table: pa.Table, source: str) -> None:
-    """Warn when one uri is listed under several ids (it would be extracted once per id)."""
-    uris = table.column("uri")
-    counts = pc.value_counts(uris)
-    shared = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-    if len(shared) == 0:
-        return
-    shown = [f"{uri!r} as {', '.join(map(repr, table.filter(pc.equal(uris, uri)).column('video_id').to_pylist()[:SHOWN]))}"
-             for uri in shared.to_pylist()[:SHOWN]]
-    more = f" and {len(shared) - SHOWN} more" if len(shared) > SHOWN else ""
-    log.warning("%s lists %d uri(s) under several ids, each extracted once per id: %s%s", source, len(shared),
-                "; ".join(shown), more)
-
-
-def _check_no_nul(table: pa.Table, source: str) -> None:
-    for name in ("video_id", "uri"):
-        rows = _rows_where(pc.match_substring(table.column(name), "\x00"))
-        if rows:
-            raise ConfigError(f"manifest {source}: {len(rows)} row(s) have a NUL character in their {name}, which "
-                              f"cannot be stored exactly (HDF5 strings end at a NUL): rows {_shown(rows)} "
-                              f"(1-based, header not counted)")
-
-
-def _rows_where(mask) -> list[int]:
-    """1-based positions where boolean `mask` is true."""
-    return [i + 1 for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()]
-
-
-def _shown(rows: list[int]) -> str:
-    text = ", ".join(map(str, rows[:SHOWN]))
-    return text + (f" and {len(rows) - SHOWN} more" if len(rows) > SHOWN else "")
 
