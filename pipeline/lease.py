@@ -55,6 +55,7 @@ class WriterLease:
         if self.ledger.out in _held:
             self.nested = True
             return self
+        self.ledger.check_reachable()
         self._publish()
         others = [lease for lease in self._leases() if lease["id"] != self.me["id"]]
         for dead in [lease for lease in others if not alive(lease)]:
@@ -74,7 +75,11 @@ class WriterLease:
             return
         self.stop.set()
         _held.pop(self.ledger.out, None)
-        self._delete()
+        try:
+            self._delete()
+        except Exception as error:                  # noqa: BLE001 - must not hide why the writer is ending
+            log.warning("could not remove the writer lease %s (%s: %s); it goes stale in %.0f s",
+                        self._url(self.me["id"]), type(error).__name__, error, STALE_S)
 
     def check(self) -> None:
         """Raise LeaseLostError when this lease is lost or its heartbeat has not been published lately."""

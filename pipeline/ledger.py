@@ -263,6 +263,15 @@ class Ledger:
             raise DamagedOutputError(f"{self.url('run.json')} cannot be read ({exc}): restore it, or delete "
                                      f"it if this output holds no committed video") from None
 
+    def check_reachable(self) -> None:
+        """Refuse (exit 2) an object-store output whose bucket does not exist or cannot be listed."""
+        if storage.is_local(self.fs):
+            return
+        bucket = self.root.split("/", 1)[0]
+        if not self.fs.exists(bucket):
+            raise ConfigError(f"{self.out}: the bucket {bucket!r} does not exist, or these credentials cannot "
+                              f"see it")
+
     def ls(self, sub: str, detail: bool = False) -> list:
         """Entries directly under `sub` (paths; with `detail`, fsspec info dicts), sorted; [] if none."""
         try:

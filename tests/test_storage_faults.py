@@ -108,3 +108,13 @@ def wait(predicate, timeout: float) -> bool:
     while time.monotonic() < deadline and not predicate():
         time.sleep(0.1)
     return predicate()
+
+
+def test_a_bucket_that_does_not_exist_is_a_usage_error(s3, corpus):  # noqa: F811 - the fixture
+    from conftest import run_cli
+
+    result = run_cli("compact", "s3://no-such-bucket-here/out", env_extra=s3["env"], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    result = run_cli("extract", corpus["dir"], "--out", "s3://no-such-bucket-here/out", "--preset", "tiny",
+                     "--checkpoint", "random", env_extra=s3["env"], timeout=120)
+    assert result.returncode == 2 and "no-such-bucket-here" in result.stderr, result.stderr[-2000:]
