@@ -90,6 +90,7 @@ class RunConfig:
     compact_target_mb: int = 256       # size of a compacted segment's largest file (its HDF5 file)
     max_failure_rate: float = 1.0      # fail the run when more than this fraction of videos fails
     retry_failed: bool = False
+    retry_transient: bool = True       # redo videos whose failure may pass (io, timeout, lost, inference)
     redo_changed: bool = False         # re-extract committed videos whose manifest uri changed (retire.py)
     address: str | None = None         # Ray address; None = RAY_ADDRESS or an embedded local Ray
 

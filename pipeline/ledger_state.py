@@ -56,10 +56,15 @@ class LedgerState:
         """video_id → {"video_id", "uri", "stage", "error"} of every failed video."""
         return {row["video_id"]: row for row in self.failures.to_pylist()}
 
-    def todo_mask(self, ids: pa.ChunkedArray | pa.Array, retry_failed: bool = False) -> pa.ChunkedArray:
-        """Boolean per id: still to do (not done, and not failed unless `retry_failed`)."""
+    def todo_mask(self, ids: pa.ChunkedArray | pa.Array, retry_failed: bool = False,
+                  retry_transient: bool = True) -> pa.ChunkedArray:
+        """Boolean per id: still to do — not done, and not failed, unless `retry_failed` or (with
+        `retry_transient`) the failure may pass: I/O, timeouts, a video the pipeline lost, inference."""
+        failed = self.failures
+        if retry_transient:
+            failed = failed.filter(pc.invert(transient(failed)))
         skip = self.done_ids if retry_failed else pa.concat_arrays(
-            [self.done_ids, self.failures.column("video_id").combine_chunks()])
+            [self.done_ids, failed.column("video_id").combine_chunks()])
         return pc.invert(pc.is_in(ids, value_set=skip))
 
     def changed(self, corpus: pa.Table) -> pa.Table:
@@ -75,6 +80,19 @@ class LedgerState:
         """Ids of `video_ids` still to do, in order."""
         ids = pa.array(list(video_ids), pa.string())
         return ids.filter(self.todo_mask(ids, retry_failed)).to_pylist()
+
+
+TRANSIENT = ("io:", "timeout:", "incomplete:")        # failure kinds that may pass (errors.DecodeError.KINDS)
+
+
+def transient(failures: pa.Table) -> pa.ChunkedArray:
+    """Boolean per failure row: whether it may pass when tried again (a next run retries it)."""
+    error, stage = failures.column("error"), failures.column("stage")
+    kinds = [pc.starts_with(error, prefix) for prefix in TRANSIENT]
+    hit = pc.equal(stage, "infer")
+    for kind in kinds:
+        hit = pc.or_(hit, kind)
+    return pc.fill_null(hit, False)
 
 
 def replay(base: LedgerState, records: list[dict]) -> LedgerState:

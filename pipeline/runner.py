@@ -110,7 +110,7 @@ def _todo(ledger: Ledger, lease: WriterLease, corpus: Corpus, config: Config, fi
     ledger.check_fingerprint(fingerprint)
     ledger.collect_garbage(state)
     state = _drift(ledger, state, corpus, config, summary)
-    todo = corpus.select(state.todo_mask(corpus.ids, config.run.retry_failed))
+    todo = corpus.select(state.todo_mask(corpus.ids, config.run.retry_failed, config.run.retry_transient))
     summary.total, summary.skipped = len(corpus), len(corpus) - len(todo)
     log.info("%d videos in the corpus, %d already done or failed, %d to do", len(corpus), summary.skipped, len(todo))
     return todo

@@ -220,24 +220,30 @@ def test_file_and_memory_urls(videos):
     assert {c.video for c in clips} == {"pal-1"}
 
 
+def spooled(tmp: str) -> list[str]:
+    """The spool directories under the temp dir `tmp` (decode/spool.py: `<tmp>/vidfeat-spool/<pid>-…`)."""
+    root = os.path.join(tmp, "vidfeat-spool")
+    return os.listdir(root) if os.path.isdir(root) else []
+
+
 def test_remote_spool_is_removed_after_success_error_and_close(videos, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with open(videos["cfr30"], "rb") as src, fsspec.open("memory://spool/v.mp4", "wb") as dst:
         dst.write(src.read())
     fsspec.filesystem("memory").pipe("memory://spool/bad.mp4", b"\x00" * 100)
     list(decode_clips("memory://spool/v.mp4", cfg()))
-    assert os.listdir(tmp_path) == []
+    assert spooled(tmp_path) == []
     with pytest.raises(DecodeError):
         list(decode_clips("memory://spool/bad.mp4", cfg()))
-    assert os.listdir(tmp_path) == []
+    assert spooled(tmp_path) == []
     gen = decode_clips("memory://spool/v.mp4", cfg())
     next(gen)
-    assert len(os.listdir(tmp_path)) == 1                       # spooled while in use
+    assert len(spooled(tmp_path)) == 1                       # spooled while in use
     gen.close()
-    assert os.listdir(tmp_path) == []
+    assert spooled(tmp_path) == []
     with local_copy("memory://spool/v.mp4") as path:
         assert os.path.getsize(path) == os.path.getsize(videos["cfr30"])
-    assert os.listdir(tmp_path) == []
+    assert spooled(tmp_path) == []
 
 
 def test_missing_remote_file_is_not_found():
@@ -318,7 +324,7 @@ def test_unreadable_file_is_permission_denied(videos, tmp_path):
 def test_remote_storage_errors_map_to_kinds(monkeypatch, exc, kind):
     fs = fsspec.filesystem("memory")
     fs.pipe("memory://flaky/x.mp4", b"x")
-    monkeypatch.setattr(type(fs), "get_file", lambda *a, **k: (_ for _ in ()).throw(exc))
+    monkeypatch.setattr(type(fs), "open", lambda *a, **k: (_ for _ in ()).throw(exc))
     with pytest.raises(DecodeError) as err:
         list(decode_clips("memory://flaky/x.mp4", cfg()))
     assert err.value.kind == kind and "memory://flaky/x.mp4" in str(err.value)

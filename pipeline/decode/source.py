@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
-import tempfile
 from typing import Iterator
 
+from pipeline.decode.spool import http_options, spooled
 from pipeline.errors import DecodeError
 
 _IMAGE_FORMATS = ("image2", "apng", "webp_pipe")      # plus every "*_pipe" demuxer (png_pipe, jpeg_pipe, ...)
@@ -18,37 +17,22 @@ _CONTAINER_MAGIC = (b"ftyp", b"\x1a\x45\xdf\xa3", b"RIFF", b"OggS", b"FLV", b"\x
 
 @contextlib.contextmanager
 def local_copy(uri: str, video: str | None = None) -> Iterator[str]:
-    """A local path for `uri`: local paths and file:// as they are; any other fsspec URL is copied to a
-    temporary file that is removed on exit (also on error or when a generator using it is closed)."""
+    """A local path for `uri`: local paths and file:// as they are; any other fsspec URL is spooled to a
+    local file (spool.py: stall deadline, bounded spool) that is removed on exit (also on error or when
+    a generator using it is closed)."""
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
 
     video = video or uri
     try:
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = fsspec.core.url_to_fs(uri, **http_options(uri))
     except (ValueError, ImportError) as exc:
         raise DecodeError(video, "io", f"cannot open {uri!r}: {exc}") from exc
     if isinstance(fs, LocalFileSystem):
         yield path
         return
-    spool = tempfile.mkdtemp(prefix="vidfeat-spool-")
-    try:
-        local = os.path.join(spool, "video" + os.path.splitext(path)[1][:16])
-        _download(fs, path, local, video)
+    with spooled(fs, path, video) as local:
         yield local
-    finally:
-        shutil.rmtree(spool, ignore_errors=True)
-
-
-def _download(fs, path: str, local: str, video: str) -> None:
-    try:
-        fs.get_file(path, local)
-    except FileNotFoundError as exc:
-        raise DecodeError(video, "not_found", f"no such file: {exc}") from exc
-    except PermissionError as exc:
-        raise DecodeError(video, "permission_denied", f"access denied: {exc}") from exc
-    except Exception as exc:  # network and storage errors come in many types
-        raise DecodeError(video, "io", f"download failed: {type(exc).__name__}: {exc}") from exc
 
 
 def open_video(path: str, video: str):

@@ -1,0 +1,123 @@
+"""Remote videos (issue #20 #3–4): a download that flows is never cut however long it takes, one that stalls
+fails within the stall deadline saying so, a spool left by a killed worker is swept, the spool keeps its
+reserve, and transient failures are retried by the next run. The server is a loopback http server that
+trickles or stalls."""
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+
+from pipeline.decode import decode_clips, spool
+from pipeline.errors import DecodeError
+from pipeline.ledger_state import LedgerState, replay
+
+from test_decode import cfg, videos  # noqa: F401 - the fixture
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    """Serves `data` with range support; `chunk` bytes every `pause` s, stalling for good after `stall_at`."""
+    data, chunk, pause, stall_at = b"", 65536, 0.0, None
+
+    def do_HEAD(self):
+        self._headers(len(self.data), 200)
+
+    def do_GET(self):
+        start, end = 0, len(self.data) - 1
+        match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if match:
+            start, end = int(match.group(1)), min(end, int(match.group(2) or end))
+        self._headers(end - start + 1, 206 if match else 200, start, end)
+        self._send(start, end + 1)
+
+    def _headers(self, length, code, start=0, end=0):
+        self.send_response(code)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        if code == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(self.data)}")
+        self.end_headers()
+
+    def _send(self, start, stop):
+        try:
+            for pos in range(start, stop, self.chunk):
+                if self.stall_at is not None and pos >= self.stall_at:
+                    time.sleep(30)
+                    return
+                self.wfile.write(self.data[pos:min(stop, pos + self.chunk)])
+                self.wfile.flush()
+                time.sleep(self.pause)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(videos):
+    Trickle.data = open(videos["pal"], "rb").read()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/video.mp4"
+    finally:
+        httpd.shutdown()
+        Trickle.pause, Trickle.stall_at, Trickle.chunk = 0.0, None, 65536
+
+
+def test_a_slow_download_that_flows_is_never_cut(server, monkeypatch):
+    monkeypatch.setenv("VIDFEAT_DOWNLOAD_STALL_S", "1")
+    Trickle.chunk = max(4096, len(Trickle.data) // 12)
+    Trickle.pause = 0.25                                            # ~3 s in all, every gap under 1 s
+    clips = list(decode_clips(server, cfg(timeout_s=0)))
+    assert clips and clips[0].frames.shape[0] > 0
+
+
+def test_a_download_that_stalls_fails_saying_so(server, monkeypatch):
+    monkeypatch.setenv("VIDFEAT_DOWNLOAD_STALL_S", "1")
+    Trickle.chunk, Trickle.stall_at = 512, len(Trickle.data) // 2
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(server, cfg(timeout_s=0)))
+    assert err.value.kind == "io" and "stalled" in err.value.reason, err.value
+    assert not os.listdir(spool.spool_root()) or all(not n.startswith(f"{os.getpid()}-")
+                                                     for n in os.listdir(spool.spool_root()))
+
+
+def test_the_spool_of_a_dead_process_is_swept_and_a_live_one_kept(monkeypatch, tmp_path):
+    monkeypatch.setattr(spool.tempfile, "gettempdir", lambda: str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for pid in (int(dead.stdout), os.getpid()):
+        os.makedirs(os.path.join(spool.spool_root(), f"{pid}-abcd"))
+        open(os.path.join(spool.spool_root(), f"{pid}-abcd", "video.mp4"), "wb").close()
+    monkeypatch.setattr(spool, "_swept", False)
+    spool.sweep()
+    assert os.listdir(spool.spool_root()) == [f"{os.getpid()}-abcd"]
+
+
+def test_the_spool_keeps_its_reserve(server, monkeypatch):
+    monkeypatch.setenv("VIDFEAT_SPOOL_RESERVE_MB", str(10 ** 9))
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(server, cfg(timeout_s=0)))
+    assert err.value.kind == "io" and "no room to spool" in err.value.reason
+
+
+def test_transient_failures_are_retried_by_the_next_run_and_permanent_ones_are_not():
+    failed = [{"video_id": v, "uri": f"/{v}", "stage": stage, "error": error} for v, stage, error in [
+        ("io", "decode", "io: download stalled: no bytes for 60 s"), ("slow", "decode", "timeout: no progress"),
+        ("lost", "decode", "incomplete: the pipeline returned no final clip"), ("oom", "infer", "inference: OOM"),
+        ("gone", "decode", "not_found: no such file"), ("junk", "decode", "not_a_video: text")]]
+    state = replay(LedgerState(), [{"part": "p", "committed_at": 1.0, "done": ["ok"], "failed": failed}])
+    ids = pa.array(["ok", "io", "slow", "lost", "oom", "gone", "junk", "new"])
+    assert ids.filter(state.todo_mask(ids)).to_pylist() == ["io", "slow", "lost", "oom", "new"]
+    assert ids.filter(state.todo_mask(ids, retry_transient=False)).to_pylist() == ["new"]
+    assert ids.filter(state.todo_mask(ids, retry_failed=True)).to_pylist() == [
+        "io", "slow", "lost", "oom", "gone", "junk", "new"]
