@@ -203,8 +203,17 @@ def test_status_and_verify_exit_with_their_code_every_time(finished):
             assert out.strip()
 
 
-def test_sigterm_stops_an_extract_commits_and_exits_143(tmp_path, log_dir):
-    """A run signalled after its first commit: 143 (not 134), the lease released, the output sound."""
+GROUP_XFAIL = pytest.mark.xfail(reason="the embedded Ray (same process group) gets the SIGTERM too; runner._stream's "
+                                 "finally then calls ray.shutdown(), which aborts natively (134) once the GCS is gone, "
+                                 "before the lease is released", strict=False)
+
+
+@pytest.mark.parametrize("whole_group", [False, pytest.param(True, marks=GROUP_XFAIL)],
+                         ids=["driver", "process-group"])
+def test_sigterm_stops_an_extract_commits_and_exits_143(tmp_path, log_dir, whole_group):
+    """A run signalled after its first commit: 143 (not 134), the lease released, the output sound. The
+    signal goes to the driver (a scheduler's preemption of the main process) or to its whole process
+    group (timeout(1), systemd, Slurm: the embedded Ray's processes get it too)."""
     videos, out = tmp_path / "videos", str(tmp_path / "out")
     videos.mkdir()
     for i in range(60):                          # enough that the run is still going after its first commit
@@ -213,12 +222,12 @@ def test_sigterm_stops_an_extract_commits_and_exits_143(tmp_path, log_dir):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", str(videos), "--out", out, "--preset",
                              "tiny", "--checkpoint", "random", "--config", str(tmp_path / "run.yaml"),
                              "--no-progress"], env={**ray_env(), "VIDFEAT_LOG_DIR": log_dir},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while not glob.glob(os.path.join(out, "ledger", "*.json")) and proc.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    (os.killpg if whole_group else os.kill)(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
     assert "terminated (SIGTERM); committed work is safe" in one_line(err)
