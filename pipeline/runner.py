@@ -168,12 +168,28 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
                                             # Python's garbage collector stops walking it (measured: -30%)
         _consume(ds, todo, config, writer, summary, Progress(len(todo), enabled=progress))
         _record_plan(ds, summary)
+    except BaseException as exc:
+        if started_ray and not isinstance(exc, Exception):         # a signal (SIGTERM, Ctrl-C) or an exit
+            started_ray = _abandon_ray()
+        raise
     finally:
         gc.unfreeze()
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _abandon_ray() -> bool:
+    """Leave an embedded Ray without `ray.shutdown()`: after a signal to the whole process group its
+    processes are going too, and shutting down a Ray whose GCS is gone aborts natively (exit 134) before
+    the lease is released. The reaper (ray_reaper.py) ends whatever is left once this process exits."""
+    import atexit
+
+    import ray
+
+    atexit.unregister(ray.shutdown)
+    return False
 
 
 def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, bars: Progress) -> None:

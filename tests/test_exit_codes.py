@@ -203,13 +203,7 @@ def test_status_and_verify_exit_with_their_code_every_time(finished):
             assert out.strip()
 
 
-GROUP_XFAIL = pytest.mark.xfail(reason="the embedded Ray (same process group) gets the SIGTERM too; runner._stream's "
-                                 "finally then calls ray.shutdown(), which aborts natively (134) once the GCS is gone, "
-                                 "before the lease is released", strict=False)
-
-
-@pytest.mark.parametrize("whole_group", [False, pytest.param(True, marks=GROUP_XFAIL)],
-                         ids=["driver", "process-group"])
+@pytest.mark.parametrize("whole_group", [False, True], ids=["driver", "process-group"])
 def test_sigterm_stops_an_extract_commits_and_exits_143(tmp_path, log_dir, whole_group):
     """A run signalled after its first commit: 143 (not 134), the lease released, the output sound. The
     signal goes to the driver (a scheduler's preemption of the main process) or to its whole process
