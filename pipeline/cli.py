@@ -39,6 +39,8 @@ def add_extract_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, help="seed of random weights")
     ap.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else an embedded local Ray)")
     ap.add_argument("--retry-failed", action="store_true", help="redo videos that failed in earlier runs")
+    ap.add_argument("--redo-changed", action="store_true",
+                    help="extract again committed videos whose uri in the manifest changed (old rows retired)")
     ap.add_argument("--max-failure-rate", type=float, help="stop (exit 3) when more than this fraction fails")
     ap.add_argument("--batch-size", type=int, help="clips per inference batch")
     ap.add_argument("--num-actors", type=int, help="inference actors (default: one per GPU, else 1)")
@@ -81,6 +83,8 @@ def config_from_args(args: argparse.Namespace):
             sections[section][key] = value
     if args.retry_failed:
         sections["run"]["retry_failed"] = True
+    if args.redo_changed:
+        sections["run"]["redo_changed"] = True
     if args.no_compact:
         sections["run"]["compact"] = False
     try:
@@ -110,7 +114,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.console import failure_lines
+    from pipeline.console import changed_lines, failure_lines
     from pipeline.status import status
 
     require_output(args.out)
@@ -120,7 +124,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"{printable(args.out)}: {report['done']} done, {report['failed']} failed, "
               f"{report['pending'] if report['pending'] is not None else '?'} pending; {report['parts']} parts")
-        for line in failure_lines(report["failures"], report["failed"], args.out):
+        for line in failure_lines(report["failures"], report["failed"], args.out) + changed_lines(
+                report["changed_videos"], report["changed"] or 0):
             print(line)
     return EXIT_OK
 

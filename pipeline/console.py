@@ -239,9 +239,23 @@ def print_summary(s: dict, checkpoint: str | None = None, out: str | None = None
                  f"{s['infer_s']:.1f} s, commit {s['commit_s']:.1f} s; inference on: "
                  f"{printable(', '.join(s['devices']) or '-')}")
     lines += failure_lines(s["failures"], s["failed"], out)
+    lines += changed_lines(s.get("changed_videos", []), s.get("changed", 0), s.get("redone_changed", False))
     if out:
         lines.append(f"HTML report: vidfeat report {printable(out)}")
     print("\n".join(lines), file=stream, flush=True)
+
+
+def changed_lines(changed: list[dict], total: int, redone: bool = False) -> list[str]:
+    """Committed videos whose manifest uri changed (manifest drift): how many, what was done, the first
+    SHOWN_FAILURES of them (escaped)."""
+    if not total:
+        return []
+    what = "retired and extracted again" if redone else "they keep their old features (--redo-changed extracts them again)"
+    lines = [f"changed: {total} committed video(s) have another uri in the manifest; {what}"]
+    lines += [printable(f"  changed: {c['video_id']}: {c['committed_uri']} -> {c['uri']}") for c in changed[:SHOWN_FAILURES]]
+    if total > SHOWN_FAILURES:
+        lines.append(f"  ... and {total - SHOWN_FAILURES} more (`vidfeat status OUT --source MANIFEST --json`)")
+    return lines
 
 
 def failure_lines(failures: list[dict], total: int, out: str | None) -> list[str]:

@@ -15,6 +15,7 @@ from pipeline.runner import run_extract
 from pipeline.status import status
 from pipeline.verify import verify
 
+from conftest import run_cli
 from test_hostile_ids import hdf5_ids
 
 
@@ -42,6 +43,9 @@ def test_changed_uris_are_reported_then_redone_exactly_once(ray_head, corpus, ti
     assert kept.changed_videos == [{"video_id": "x", "uri": c, "committed_uri": a}]
     assert "1 committed video(s) have another uri" in caplog.text
     assert status(out, source=drifted)["changed"] == 1
+    shown = run_cli("status", out, "--source", drifted, timeout=120)
+    assert shown.returncode == 0 and "changed: 1 committed video(s)" in shown.stdout
+    assert f"changed: x: {a} -> {c}" in shown.stdout
 
     redone = run_extract(drifted, out, config.replace(run={"redo_changed": True}), progress=False)
     assert (redone.ok, redone.skipped, redone.changed, redone.redone_changed) == (1, 2, 1, True)
