@@ -25,6 +25,7 @@ from pipeline import svg
 from pipeline.errors import ConfigError
 from pipeline.features import lookup_videos, read_table
 from pipeline.ledger import Ledger
+from pipeline.text import printable
 from pipeline.neighbours import nearest_to
 from pipeline.sinks import publish_bytes
 from pipeline.thumbnails import strip_data_uri
@@ -290,5 +291,5 @@ def write_report(out: str, html: str | None = None, queries: int = 4, k: int = 4
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(f"report: {write_report(args.out, args.html, args.queries, args.top)}")
+    print(f"report: {printable(write_report(args.out, args.html, args.queries, args.top))}")
     return 0

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
+from pipeline.text import printable
 from pipeline.features import SOURCES, VideoFeatures, load_videos, lookup_videos
 
 log = logging.getLogger(__name__)
@@ -281,4 +282,4 @@ def _format(report: list[dict]) -> str:
             if "classes" in h:
                 lines.append("        classes: " + " | ".join(
                     f"{c['class_index']}{' ' + c['name'] if c['name'] else ''} {c['prob']:.3f}" for c in h["classes"]))
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)         # ids, uris and class names are data
