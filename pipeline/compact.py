@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import segments
+from pipeline.errors import DamagedOutputError
 from pipeline.faults import failpoint
 from pipeline.lease import WriterLease
 from pipeline.ledger import Ledger
@@ -176,8 +177,7 @@ def _merge_parquet(ledger: Ledger, members: list[str], local: str, drop: frozens
     leaving out the rows of the `drop` ids."""
     writer, buffered, size = None, [], 0
     for path in members:
-        with ledger.fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
+        table = _read_member(ledger, path)
         if drop:
             table = table.filter(pc.invert(pc.is_in(table.column("video_id"), value_set=pa.array(sorted(drop)))))
         writer = writer or pq.ParquetWriter(local, table.schema, compression="zstd")
@@ -190,6 +190,19 @@ def _merge_parquet(ledger: Ledger, members: list[str], local: str, drop: frozens
     if buffered:
         writer.write_table(pa.concat_tables(buffered))
     writer.close()
+
+
+def _read_member(ledger: Ledger, path: str) -> pa.Table:
+    """A Parquet member of a group; a file that cannot be read stops the compaction, named, before
+    anything is recorded or deleted."""
+    try:
+        with ledger.fs.open(path, "rb") as fh:
+            return pq.read_table(fh)
+    except (pa.ArrowInvalid, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise DamagedOutputError(f"{path} cannot be read ({type(exc).__name__}: {exc}); nothing was merged or "
+                                 f"deleted: `vidfeat verify` lists the damage") from None
 
 
 def _merge_hdf5(ledger: Ledger, members: list[str], local: str, drop: frozenset = frozenset()) -> None:

@@ -220,3 +220,15 @@ def test_the_fingerprint_is_pinned_by_the_first_commit_not_before(tmp_path):
     assert not os.path.exists(os.path.join(out, "run.json"))
     writer.pin("a", {"model": 1})
     assert json.load(open(os.path.join(out, "run.json")))["fingerprint"] == "a"
+
+
+@pytest.mark.parametrize("victim", ["videos/part-r-00001.parquet", "hdf5/part-r-00001.h5"])
+def test_compacting_a_truncated_data_file_is_exit_2_naming_it_and_deletes_nothing(tmp_path, victim):
+    out, ids = committed(tmp_path)
+    with open(os.path.join(out, victim), "r+b") as fh:
+        fh.truncate(64)
+    files = data_files(out)
+    result = run_cli("compact", out, timeout=120)
+    assert result.returncode == 2 and victim.split("/")[1] in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and data_files(out) == files
+    assert Ledger(out).load().done == ids

@@ -4,12 +4,14 @@ Layout (schema version 1) is documented in schemas/README.md.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 
 import h5py
 import numpy as np
 
 import schemas
+from pipeline.errors import DamagedOutputError
 
 
 def write_part(videos: list[dict], clips_by_video: dict[str, list[dict]], dim: int, num_classes: int,
@@ -70,6 +72,18 @@ def merge(open_member, members: list[str], local: str, drop: frozenset = frozens
                 clip_base += int(clips.sum())
 
 
+@contextlib.contextmanager
+def _opened(fh, path: str):
+    """h5py.File over `fh`; a file that is not whole HDF5 is DamagedOutputError naming `path`."""
+    try:
+        part = h5py.File(fh, "r")
+    except OSError as exc:
+        raise DamagedOutputError(f"{path} cannot be read as HDF5 ({exc}); nothing was merged or deleted: "
+                                 f"`vidfeat verify` lists the damage") from None
+    with part:
+        yield part
+
+
 def _kept(part: h5py.File, drop: frozenset) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks of the part's videos and clips to keep (all but the `drop` ids')."""
     counts = np.diff(part["clip_offset"][()])
@@ -91,7 +105,7 @@ def _layout(open_member, members: list[str], drop: frozenset) -> tuple[dict, dic
     Members must hold the same datasets, with the same dtypes and row shapes."""
     lengths, specs, runs, meta = {}, None, [], {}
     for path in members:
-        with open_member(path) as fh, h5py.File(fh, "r") as part:
+        with open_member(path) as fh, _opened(fh, path) as part:
             found = {name: (part[name].shape[1:], part[name].dtype) for name in _datasets(part)}
             if specs is not None and found != specs:
                 raise Incompatible(f"{path} holds the datasets {sorted(found)}, unlike the group's first part")
