@@ -57,10 +57,15 @@ class Guarded:
         self.fs = fs
 
     def __getattr__(self, name: str):
+        if name == "fs":                            # not set yet (unpickling): no recursion
+            raise AttributeError(name)
         attr = getattr(self.fs, name)
         if name not in GUARDED:
             return attr
         return lambda *args, **kwargs: call(attr, *args, what=f"{name} {_where(args)}", **kwargs)
+
+    def __reduce__(self):
+        return Guarded, (self.fs,)
 
     def put_file(self, local: str, path: str, **kwargs):
         extra = os.path.getsize(local) / (4 * 2**20)

@@ -27,15 +27,27 @@ class Trickle(http.server.BaseHTTPRequestHandler):
     data, chunk, pause, stall_at = b"", 65536, 0.0, None
 
     def do_HEAD(self):
+        if self._missing():
+            return
         self._headers(len(self.data), 200)
 
     def do_GET(self):
+        if self._missing():
+            return
         start, end = 0, len(self.data) - 1
         match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if match:
             start, end = int(match.group(1)), min(end, int(match.group(2) or end))
         self._headers(end - start + 1, 206 if match else 200, start, end)
         self._send(start, end + 1)
+
+    def _missing(self) -> bool:
+        if self.path == "/video.mp4":
+            return False
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
 
     def _headers(self, length, code, start=0, end=0):
         self.send_response(code)
@@ -121,3 +133,14 @@ def test_transient_failures_are_retried_by_the_next_run_and_permanent_ones_are_n
     assert ids.filter(state.todo_mask(ids, retry_transient=False)).to_pylist() == ["new"]
     assert ids.filter(state.todo_mask(ids, retry_failed=True)).to_pylist() == [
         "io", "slow", "lost", "oom", "gone", "junk", "new"]
+
+
+def test_a_missing_url_is_not_found_and_a_refused_one_is_io(server):
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(server.replace("video.mp4", "missing.mp4"), cfg(timeout_s=0)))
+    assert err.value.kind == "not_found"
+    from conftest import free_port
+
+    with pytest.raises(DecodeError) as err:
+        list(decode_clips(f"http://127.0.0.1:{free_port()}/video.mp4", cfg(timeout_s=0)))
+    assert err.value.kind == "io" and "cannot reach" in err.value.reason

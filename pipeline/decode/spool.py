@@ -61,7 +61,7 @@ def download(fs, path: str, local: str, video: str) -> None:
     except DecodeError:
         raise
     except FileNotFoundError as exc:
-        raise DecodeError(video, "not_found", f"no such file: {exc}") from exc
+        raise _not_found(exc, video) from exc
     except PermissionError as exc:
         raise DecodeError(video, "permission_denied", f"access denied: {exc}") from exc
     except DeadlineExceeded as exc:
@@ -69,6 +69,19 @@ def download(fs, path: str, local: str, video: str) -> None:
     except Exception as exc:                                       # network and storage errors of many types
         reason = str(exc) or repr(exc)
         raise DecodeError(video, "io", f"download failed: {type(exc).__name__}: {reason}") from exc
+
+
+def _not_found(exc: FileNotFoundError, video: str) -> DecodeError:
+    """A FileNotFoundError as what it is: fsspec's http file system raises it for any failed request
+    (its cause says which): a 404 is not found, a 401/403 access denied, anything else (a refused
+    connection, a 5xx) an I/O error that may pass."""
+    cause = exc.__cause__
+    status = getattr(cause, "status", None)
+    if cause is None or status == 404 or isinstance(cause, FileNotFoundError):
+        return DecodeError(video, "not_found", f"no such file: {exc}")
+    if status in (401, 403):
+        return DecodeError(video, "permission_denied", f"access denied: {exc} ({cause})")
+    return DecodeError(video, "io", f"cannot reach {exc}: {type(cause).__name__}: {cause}")
 
 
 def _copy(src, dst, size: int | None, video: str) -> None:
