@@ -1,12 +1,13 @@
 """vidfeat command line: extract | status | verify | compact | inspect | search | report | demo (contract: DESIGN.md §4).
 
-Exit codes, one meaning each (DESIGN.md §5; 70, 74, 75 from sysexits.h; the mapping: pipeline/exits.py):
+Exit codes, one meaning each (DESIGN.md §5; 69, 70, 74, 75 from sysexits.h; the mapping: pipeline/exits.py):
   0   done (verify: no problem found)          1   finished, but videos failed, or verify found problems
   2   bad usage, configuration, input or checkpoint; an output directory that is none (a typo) or is
       damaged (VidfeatError, DamagedOutputError included; a command-line path that does not exist)
   3   stopped by --max-failure-rate (what was finished is committed)
   70  unexpected error (a bug)   74  I/O error: any other OSError (disk full, EIO, permission, storage)
       — one line on stderr with the exception's type, message and file; the traceback in a log file
+  69  the Ray cluster failed under the run (its raylet or GCS died, a node was lost for good); run again
   75  lease lost: another writer took the output over; committed work is safe; run again
   130 interrupted (SIGINT), 143 terminated (SIGTERM): finished work committed, lease released; run again
 No traceback reaches the console unless --verbose; text from the data passes through `printable`.
@@ -303,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_cli(argv: list[str] | None = None) -> None:
     """The process entry point: `main(argv)`, then `exit_now` with its code (exits.py: no SIGABRT at
-    teardown). Not for tests, which call `main`."""
+    teardown); `extract` and `demo` run in a watched child (supervise.py). Not for tests, which call `main`."""
+    from pipeline import supervise
+
+    argv = sys.argv[1:] if argv is None else argv
+    if supervise.wanted(argv):
+        exits.exit_now(supervise.supervise(argv))
     try:
         code = main(argv)
     except SystemExit as exc:                          # argparse: --help (0), a usage error (2)

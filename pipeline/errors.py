@@ -39,3 +39,8 @@ class DamagedOutputError(ConfigError):
 class LeaseLostError(VidfeatError):
     """This writer no longer holds the output's lease (another writer took it over, or its heartbeat could
     not be published): it stops before it commits anything more."""
+
+
+class ClusterLostError(Exception):
+    """The Ray cluster a run depends on failed under it (its raylet or GCS died, the driver's node was
+    lost): nothing is wrong with the input or the output; the same command resumes."""

@@ -18,11 +18,12 @@ import threading
 import traceback
 from typing import Iterator, NoReturn
 
-from pipeline.errors import LeaseLostError, VidfeatError
+from pipeline.errors import ClusterLostError, LeaseLostError, VidfeatError
 from pipeline.text import printable
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
-EXIT_SOFTWARE, EXIT_IOERR, EXIT_TEMPFAIL = 70, 74, 75          # sysexits.h: a bug, an I/O error, try again
+EXIT_UNAVAILABLE, EXIT_SOFTWARE, EXIT_IOERR, EXIT_TEMPFAIL = 69, 70, 74, 75   # sysexits.h: a service
+# (the Ray cluster) failed, a bug, an I/O error, try again
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 RESUMES = "committed work is safe; the same command resumes"
 
@@ -37,7 +38,7 @@ def exit_code(exc: BaseException, args: argparse.Namespace) -> int:
     if isinstance(exc, FileNotFoundError) and _given(exc.filename, args):
         return EXIT_USAGE                                        # a typo on the command line
     for kind, code in ((KeyboardInterrupt, EXIT_SIGINT), (Terminated, EXIT_SIGTERM),
-                       (LeaseLostError, EXIT_TEMPFAIL), (VidfeatError, EXIT_USAGE), (OSError, EXIT_IOERR)):
+                       (LeaseLostError, EXIT_TEMPFAIL), (ClusterLostError, EXIT_UNAVAILABLE), (VidfeatError, EXIT_USAGE), (OSError, EXIT_IOERR)):
         if isinstance(exc, kind):
             return code
     return EXIT_SOFTWARE
@@ -70,6 +71,8 @@ def _line(exc: BaseException, code: int) -> str:
         return f"interrupted (SIGINT); {RESUMES}"
     if code == EXIT_SIGTERM:
         return f"terminated (SIGTERM); {RESUMES}"
+    if code == EXIT_UNAVAILABLE:
+        return f"{printable(exc)}; {RESUMES}"
     if code == EXIT_TEMPFAIL:
         return f"lease lost: {printable(exc)}; another writer took over; committed work is safe; run again"
     if code == EXIT_USAGE:
@@ -129,6 +132,9 @@ def exit_now(code: int) -> NoReturn:
     _flush()
     atexit._run_exitfuncs()
     _flush()
+    from pipeline.supervise import report
+
+    report(code)                                # to the supervisor of a run, if any (supervise.py)
     os._exit(code)
 
 

@@ -29,7 +29,7 @@ from pipeline.commit import PartWriter, provenance, write_part
 from pipeline.config import Config
 from pipeline.console import Progress, announce
 from pipeline.corpus import Corpus, load_corpus
-from pipeline.errors import ConfigError, LeaseLostError, VidfeatError
+from pipeline.errors import ClusterLostError, ConfigError, LeaseLostError, VidfeatError
 from pipeline.faults import failpoint
 from pipeline.feed import build_dataset, inference_resources
 from pipeline.lease import WriterLease
@@ -171,6 +171,10 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
     except BaseException as exc:
         if started_ray and not isinstance(exc, Exception):         # a signal (SIGTERM, Ctrl-C) or an exit
             started_ray = _abandon_ray()
+        if _cluster_failure(exc):
+            started_ray = started_ray and _abandon_ray()
+            raise ClusterLostError(f"the Ray cluster failed under the run ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         raise
     finally:
         gc.unfreeze()
@@ -178,6 +182,13 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
             import ray
 
             ray.shutdown()
+
+
+def _cluster_failure(exc: BaseException) -> bool:
+    """Whether `exc` is Ray failing (a raylet, the GCS, a node, an object lost), not a task's own error."""
+    import ray.exceptions
+
+    return isinstance(exc, ray.exceptions.RayError) and not isinstance(exc, ray.exceptions.RayTaskError)
 
 
 def _abandon_ray() -> bool:
@@ -273,7 +284,7 @@ def connect_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
         return True
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     from pipeline.ray_reaper import reap_on_driver_death
 
     reap_on_driver_death()                  # an embedded Ray dies with its driver, even by SIGKILL

@@ -227,3 +227,37 @@ def test_sigterm_stops_an_extract_commits_and_exits_143(tmp_path, log_dir, whole
     assert "terminated (SIGTERM); committed work is safe" in one_line(err)
     assert os.listdir(os.path.join(out, ".writers")) == []     # the lease is released
     assert run_cli("verify", out).returncode == 0
+
+
+def test_a_raylet_killed_under_an_extract_is_69_on_one_line_and_the_run_resumes(tmp_path, log_dir):
+    """The embedded Ray's raylet killed by pid after the first commit: Ray's core ends the driver (exit 1,
+    no word); the supervisor makes it 69 (the cluster failed) with one line; the output is sound and the
+    same command, started at once (the dead driver's lease is seen as dead), finishes the corpus."""
+    import ray  # noqa: F401 - puts Ray's own copy of psutil on sys.path
+
+    import psutil
+    videos, out = tmp_path / "videos", str(tmp_path / "out")
+    videos.mkdir()
+    for i in range(40):
+        write_index_video(str(videos / f"v{i:02d}.mp4"), num_frames=40)
+    (tmp_path / "run.yaml").write_text("run:\n  commit_every: 1\n")
+    args = [sys.executable, "-m", "pipeline", "extract", str(videos), "--out", out, "--preset", "tiny",
+            "--checkpoint", "random", "--config", str(tmp_path / "run.yaml"), "--no-progress"]
+    proc = subprocess.Popen(args, env={**ray_env(), "VIDFEAT_LOG_DIR": log_dir}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not glob.glob(os.path.join(out, "ledger", "*.json")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    raylets = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "raylet"]
+    assert raylets, "the embedded Ray has a raylet"
+    for raylet in raylets:
+        raylet.kill()
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 69, (stdout[-3000:], err)
+    assert "the Ray cluster failed under the run" in one_line(err) and "committed work is safe" in err
+    assert run_cli("verify", out).returncode == 0
+    again = subprocess.run(args, env={**ray_env(), "VIDFEAT_LOG_DIR": log_dir}, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "40 videos" in run_cli("verify", out).stdout
