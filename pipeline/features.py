@@ -342,9 +342,9 @@ def _concat(arrays: list[np.ndarray], dtype=np.float32, ndim: int = 2) -> np.nda
 def float_matrix(column: pa.ChunkedArray) -> np.ndarray:
     """A fixed-size-list float32 column → a writable float32 [N, D] array, copied once, chunk by chunk,
     without per-row Python objects."""
+    width = getattr(column.type, "list_size", 0)          # an empty column keeps its width: (0, D)
     if len(column) == 0:
-        return np.zeros((0, 0), np.float32)
-    width = column.type.list_size
+        return np.zeros((0, width), np.float32)
     matrix = np.empty((len(column), width), np.float32)
     row = 0
     for chunk in column.chunks:

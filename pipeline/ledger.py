@@ -34,7 +34,8 @@ import time
 from fsspec.core import url_to_fs
 
 from pipeline import segments
-from pipeline import records, storage
+from pipeline import claims, records, storage
+from pipeline.claims import Claims
 from pipeline.errors import ConfigError, DamagedOutputError, LeaseLostError
 from pipeline.faults import failpoint
 from pipeline.ledger_state import LedgerState, from_index_table, replay, to_index_table
@@ -75,53 +76,55 @@ class Ledger:
 
     # ------------------------------------------------------------------ reading the state
 
-    def load(self, repair: bool = False) -> LedgerState:
-        """The state: the newest index plus the pending records that count (records.py). A missing or
+    def load(self, repair: bool = False, exclude: int | None = None) -> LedgerState:
+        """The state: the newest index plus the pending records that count (claims.py). A missing or
         damaged index is rebuilt from every record, in memory (a writer's claim publishes it). A record
-        that cannot be read raises DamagedOutputError. `repair` is kept for callers; writers call `claim`."""
+        that cannot be read raises DamagedOutputError. `exclude`: a claim to leave out (the claimant's own
+        while it loads); `repair` is kept for callers (writers call `claim`)."""
         for attempt in range(LOAD_ATTEMPTS):
             try:
-                return self._load_once()
+                return self._load_once(exclude)
             except FileNotFoundError:                    # a fold moved a record or an index meanwhile
                 if attempt == LOAD_ATTEMPTS - 1:
                     raise
                 time.sleep(0.05 * 2 ** attempt)
         raise AssertionError("unreachable")
 
-    def _load_once(self) -> LedgerState:
+    def _load_once(self, exclude: int | None) -> LedgerState:
         pending = self._json_files("ledger")
-        base = self._read_index()
+        view = Claims(self, exclude)
+        base = self._read_index(view)
         todo = [self._read_record(p) for p in pending if _stem(p) not in base.records]
-        fresh = [r for r in todo if records.counts(r, base.epoch, base.records)]
-        fenced = tuple(sorted(r["part"] for r in todo if not records.counts(r, base.epoch, base.records)))
+        fresh = [r for r in todo if view.counts(r, base.records)]
+        fenced = tuple(sorted(r["part"] for r in todo if not view.counts(r, base.records)))
         if fenced:
             log.warning("%s: %d ledger record(s) of a writer that had lost its lease do not count: %s",
                         self.out, len(fenced), ", ".join(fenced[:5]))
         return dataclasses.replace(replay(base, fresh), fenced=fenced)
 
-    def _read_index(self) -> LedgerState:
+    def _read_index(self, view: Claims) -> LedgerState:
         indexes = self.index_files()
         if not indexes:
-            return self.rebuild() if self.ls("ledger/records") else LedgerState()
+            return self.rebuild(view)
         try:
             return from_index_table(_read_parquet(self.fs.cat_file(indexes[-1])))
         except DAMAGE as exc:
             log.warning("ledger index %s is damaged (%s: %s); rebuilding it from the part records (in memory: "
                         "the next run or compaction publishes it)", indexes[-1], type(exc).__name__, exc)
-            return self.rebuild()
+            return self.rebuild(view)
 
-    def rebuild(self, damaged: str | None = None, publish: bool = False) -> LedgerState:
-        """The state from every record (archived ones count; a pending one counts unless a later epoch's
-        claim was made without it: records.py). `damaged` and `publish` are ignored (kept for callers):
-        a writer's claim publishes the state it starts from."""
+    def rebuild(self, view: Claims | None = None) -> LedgerState:
+        """The state from every record (none of them in an index: a fold publishes it): archived ones
+        count (a writer archives only what counts), a pending one as claims.py says."""
+        view = view or Claims(self)
         archived = {_stem(p): p for p in self._json_files("ledger/records")}
         pending = [p for p in self._json_files("ledger") if _stem(p) not in archived]
-        claims = self._claims()
         kept = [self._read_record(p) for p in archived.values()]
-        kept += [r for r in map(self._read_record, pending) if _claimed_with(r, claims, self._read_claim)]
-        state = dataclasses.replace(replay(LedgerState(epoch=max(claims, default=0)), kept), unfolded=())
-        log.warning("ledger index of %s rebuilt from %d records: %d done, %d failed", self.out, len(kept),
-                    len(state.done_ids), state.failures.num_rows)
+        kept += [r for r in map(self._read_record, pending) if view.counts(r, frozenset())]
+        state = replay(LedgerState(epoch=view.newest), kept)        # every record unfolded: a fold publishes it
+        if archived:                                                 # (none: a new output, never folded)
+            log.warning("ledger index of %s rebuilt from %d records: %d done, %d failed", self.out, len(kept),
+                        len(state.done_ids), state.failures.num_rows)
         return state
 
     def index_files(self) -> list[str]:
@@ -132,23 +135,33 @@ class Ledger:
     # ------------------------------------------------------------------ writing
 
     def claim(self, lease=None) -> LedgerState:
-        """Become the output's writer: load the state with certainty, claim the next epoch exclusively,
-        publish the state as this epoch's first index, archive what it holds. Raises LeaseLostError when
-        another writer claimed the same epoch first. See records.py."""
-        pending = {_stem(p) for p in self._json_files("ledger")}
-        state = self.load()
-        epoch = max([state.epoch, *self._claims()]) + 1
-        claim = {"epoch": epoch, "claimed_at": time.time(), "lease": getattr(lease, "me", None),
-                 "accepted": sorted(state.records & pending)}
-        try:
-            publish_bytes(json.dumps(claim).encode(), self.url("ledger", "claims", records.claim_name(epoch)),
-                          exclusive=True)
-        except FileExistsError:
-            raise LeaseLostError(f"{self.out}: another writer started at the same moment (epoch {epoch})") from None
+        """Become the output's writer (claims.py): claim the next epoch exclusively — the fence — then load
+        the state with certainty, say which pending records it accepts, publish the state as this
+        epoch's first index and fold. Raises LeaseLostError when another writer claimed that epoch first."""
+        epoch = self._next_epoch()
+        claims.claim(self, epoch, lease)
         self.epoch, self.lease = epoch, lease
+        state = self._certain(self.load(exclude=epoch), epoch)
+        claims.accept(self, epoch, state.records & {_stem(p) for p in self._json_files("ledger")})
         state = dataclasses.replace(state, epoch=epoch)
         self._publish_index(state)
-        return self.fold(dataclasses.replace(state, unfolded=()))
+        state = self.fold(dataclasses.replace(state, unfolded=()))
+        claims.prune(self, epoch)
+        return state
+
+    def _next_epoch(self) -> int:
+        indexes = [records.index_key(_name(p))[0] for p in self.index_files()]
+        return max([Claims(self).newest, *indexes]) + 1
+
+    def _certain(self, state: LedgerState, epoch: int) -> LedgerState:
+        """`state`, or the state rebuilt from every record when records were archived that its index does
+        not hold (an older index generation restored by hand, the newest lost)."""
+        missing = {_stem(p) for p in self._json_files("ledger/records")} - state.records
+        if not missing:
+            return state
+        log.warning("%s: the ledger index lacks %d archived record(s) (%s); rebuilding it from the records",
+                    self.out, len(missing), ", ".join(sorted(missing)[:5]))
+        return self.rebuild(Claims(self, exclude=epoch))
 
     def check_fence(self) -> None:
         """Raise LeaseLostError when this writer may no longer write: its lease is lost, or a later epoch
@@ -186,20 +199,21 @@ class Ledger:
         publish_bytes(json.dumps(payload).encode(), self.url("ledger", f"{name}.json"), exclusive=True)
 
     def fold(self, state: LedgerState | None = None) -> LedgerState:
-        """Fold the records not yet in the index into a new index generation, archive every pending
-        record the index holds (also those an interrupted fold left behind), and set aside the pending
-        records that do not count (`ledger/fenced/`). See module doc."""
+        """Fold the records not yet in the index into a new index generation, delete older generations,
+        then archive every pending record the index holds (also those an interrupted fold left behind)
+        and set aside the pending records that do not count (`ledger/fenced/`). Archiving last means an
+        older generation never outlives records it lacks. See module doc."""
         pending = self._json_files("ledger")
         state = state or self.load()
+        self.check_fence()
         if state.unfolded:
             self._publish_index(state)
             failpoint("fold.index")
-        self.check_fence()
+        for old in self.index_files()[:-1]:
+            self.fs.rm(old)
         self._archive([p for p in pending if _stem(p) in state.records], "records")
         self._archive([p for p in pending if _stem(p) in state.fenced], "fenced")
         failpoint("fold.records")
-        for old in self.index_files()[:-1]:
-            self.fs.rm(old)
         return dataclasses.replace(state, unfolded=(), fenced=())
 
     def _archive(self, paths: list[str], sub: str) -> None:
@@ -286,28 +300,6 @@ class Ledger:
 
     def _read_record(self, path: str) -> dict:
         return records.parse(self.fs.cat_file(path), self.url(*path[len(self.root) + 1:].split("/")))
-
-    def _claims(self) -> dict[int, str]:
-        """Claimed epoch → path of its claim file."""
-        found = {}
-        for path in self.ls("ledger/claims"):
-            stem = _stem(path) if path.endswith(".json") else ""
-            if stem.isdigit():
-                found[int(stem)] = path
-        return found
-
-    def _read_claim(self, path: str) -> dict:
-        try:
-            return json.loads(self.fs.cat_file(path))
-        except ValueError as exc:
-            raise DamagedOutputError(f"ledger claim {path} cannot be read ({exc}); nothing was deleted") from None
-
-
-def _claimed_with(record: dict, claims: dict[int, str], read_claim) -> bool:
-    """Whether a pending record counts without an index: its epoch is the newest claimed, or the claim
-    of the epoch after it accepted it."""
-    later = claims.get(records.epoch_of(record) + 1)
-    return later is None or record["part"] in read_claim(later).get("accepted", [])
 
 
 def _name(path: str) -> str:

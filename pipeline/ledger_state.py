@@ -39,7 +39,7 @@ class LedgerState:
     records: frozenset[str] = frozenset()           # names of the records applied
     unfolded: tuple[str, ...] = ()                  # applied records not yet in the index (oldest first)
     epoch: int = 0                                  # the epoch of the index it was loaded from (records.py)
-    fenced: tuple[str, ...] = ()                    # pending records that do not count (records.counts)
+    fenced: tuple[str, ...] = ()                    # pending records that do not count (claims.py)
 
     @property
     def parts(self) -> frozenset[str]:
@@ -101,12 +101,15 @@ def replay(base: LedgerState, records: list[dict]) -> LedgerState:
                  key=lambda r: (r.get("committed_at", 0), r["part"]))
     if not new:
         return base
-    added, replaced, done, failed = set(), set(), {}, []
+    added, replaced, done, failed, cleared = set(), set(), {}, [], set()
     for record in new:
         if record.get("kind") == "compaction":
             added.update(record["segments"])
             replaced.update(record["replaces"])
-            done.update(dict.fromkeys(record.get("retired", []), _RETIRED))
+            retired = set(record.get("retired", []))
+            done.update(dict.fromkeys(retired, _RETIRED))
+            failed = [f for f in failed if f["video_id"] not in retired]      # retired: to do, not failed
+            cleared |= retired
             continue
         added.add(record["part"])
         uris = record.get("uris") or [None] * len(record.get("done", []))
@@ -114,8 +117,10 @@ def replay(base: LedgerState, records: list[dict]) -> LedgerState:
         failed.extend({c: str(f[c]) for c in FAILURE_COLUMNS} for f in record.get("failed", []))
     segments = (base.segments | added) - replaced      # names are never reused: order does not matter
     done_ids, done_uris = _done(base, done)
+    earlier = base.failures.filter(pc.invert(pc.is_in(base.failures.column("video_id"),
+                                                      value_set=pa.array(sorted(cleared), pa.string()))))
     names = tuple(r["part"] for r in new)
-    return LedgerState(done_ids, done_uris, _latest_failures(base.failures, failed, done_ids), frozenset(segments),
+    return LedgerState(done_ids, done_uris, _latest_failures(earlier, failed, done_ids), frozenset(segments),
                        base.records | set(names), base.unfolded + names, base.epoch, base.fenced)
 
 

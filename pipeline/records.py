@@ -1,21 +1,11 @@
-"""Ledger records and epochs: what a commit publishes last, how it is checked, and which records count.
+"""Ledger records: naming, parsing and checking them; index and claim file names.
 
-A record is one JSON object (see ledger_state.py for its two kinds). Every record a writer publishes
-carries the writer's *epoch*: an integer each writer (a run, a compaction) claims when it starts, by
-creating `ledger/claims/<epoch>.json` exclusively (publish_bytes(exclusive=True): POSIX link, S3
-If-None-Match, GCS generation 0), one more than any epoch claimed before. The writer's indexes are named
-`index-<epoch>-<seq>.parquet`, so the newest index is always the newest writer's.
-
-Fencing. A record counts when the index a load starts from holds it, or when its epoch is at least that
-index's epoch. A writer that was paused past its lease and taken over (a suspended VM) still has the old
-epoch: whatever it publishes after the new writer's first index is ignored by every reader and writer,
-and the new writer's garbage collection may delete its files. Before each record, fold, deletion and
-compaction switch a writer checks that no later epoch was claimed (`Ledger.check_fence`); a record
-published in the moment between that check and the write is one the rule above ignores.
-
-A record that cannot be parsed, or is not a record, is damage: it is named (DamagedOutputError, exit 2)
-and nothing is deleted, by readers and writers alike. Records written before epochs existed count as
-epoch 0, and indexes named `index-<gen>.parquet` as epoch 0 generation `gen`.
+A record is one JSON object (see ledger_state.py for its two kinds), stamped with the epoch of the writer
+that published it (claims.py says which records count). A record that cannot be parsed, or is not a
+record, is damage: it is named (DamagedOutputError, exit 2) and nothing is deleted, by readers and
+writers alike. Records written before epochs existed count as epoch 0, and indexes named
+`index-<gen>.parquet` as epoch 0 generation `gen`; newer indexes are `index-<epoch>-<seq>.parquet`, so the
+newest index is always the newest writer's.
 """
 from __future__ import annotations
 
@@ -46,11 +36,6 @@ def claim_name(epoch: int) -> str:
 
 def epoch_of(record: dict) -> int:
     return int(record.get("epoch", 0))
-
-
-def counts(record: dict, index_epoch: int, index_records) -> bool:
-    """Whether `record` is part of the state whose index has epoch `index_epoch` and holds `index_records`."""
-    return record["part"] in index_records or epoch_of(record) >= index_epoch
 
 
 def parse(data: bytes, where: str) -> dict:
