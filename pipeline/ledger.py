@@ -170,9 +170,9 @@ class Ledger:
             return
         if self.lease is not None:
             self.lease.check()
-        self.fs.invalidate_cache()
-        if self.fs.exists(self.path("ledger", "claims", records.claim_name(self.epoch + 1))):
-            raise LeaseLostError(f"{self.out}: another writer took over (epoch {self.epoch + 1}) while this one "
+        newest = Claims(self).newest                 # any later claim (older ones may have been pruned)
+        if newest > self.epoch:
+            raise LeaseLostError(f"{self.out}: another writer took over (epoch {newest}) while this one "
                                  f"(epoch {self.epoch}) was paused; it stops without committing more")
 
     def record(self, part: str, done: list[str], failed: list[dict], uris: list[str] | None = None) -> None:
@@ -223,7 +223,11 @@ class Ledger:
             return
         targets = [self.path("ledger", sub, _name(p)) for p in paths]
         if not storage.is_local(self.fs):
-            self.fs.copy(paths, targets)
+            try:
+                self.fs.copy(paths, targets)
+            except FileNotFoundError:                # another fold archived some meanwhile: one by one
+                for src, dst in zip(paths, targets):
+                    self.fs.mv(src, dst)
             self.fs.rm(paths)
             return
         self.fs.makedirs(self.path("ledger", sub), exist_ok=True)
