@@ -6,9 +6,9 @@ publishes `ledger/claims/<E>-accepted.json`, the names of the pending records it
 its first index, then folds, and only then deletes anything. Every record carries its writer's epoch.
 
 A record counts when the index a load starts from holds it; otherwise when no writer claimed after its
-writer (its epoch + 1 is beyond the newest claim); otherwise when the next claimant accepted it, or
-never got as far as saying (no accepted file: that claimant deleted nothing, so the record's files are
-whole). A record whose next claim is gone (pruned: claims older than the one before the newest are
+writer (its epoch + 1 is beyond the newest claim); otherwise when the first claimant after its writer
+that said what it accepted accepted it, or when none said (no accepted file: those claimants deleted
+nothing, so the record's files are whole). A record whose next claim is gone (pruned: claims older than the one before the newest are
 removed) is older than two takeovers and counts only if an index holds it. Loads, rebuilds and every
 reader apply the same rule, so a state rebuilt from the records is the state the index holds.
 """
@@ -53,8 +53,11 @@ class Claims:
             return True
         if later not in self.claimed:
             return False
-        accepted = self.accepted(later)
-        return accepted is None or record["part"] in accepted
+        for epoch in sorted(e for e in self.claimed if e >= later):    # the first claimant that said
+            accepted = self.accepted(epoch)
+            if accepted is not None:
+                return record["part"] in accepted
+        return True
 
     def accepted(self, epoch: int) -> frozenset[str] | None:
         """The records claimant `epoch` accepted; None when it never said."""
