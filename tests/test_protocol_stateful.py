@@ -49,14 +49,14 @@ video that had once failed was failed again, so never redone. Then found in that
 after it: (H) on object stores a fold archiving (copy, then delete) what another writer's fold had just
 archived raised FileNotFoundError; (I) claims older than the newest but one are pruned and
 `check_fence` looked only for the claim right after its own, so a writer taken over three times passed
-it and its garbage collection deleted what had been committed since it started. Still open, each
-pinned by a strict xfail (the machine steps around J — "known bug J" — unless VIDFEAT_STATEFUL_EXPOSE=1):
-  C'. a reader trusts an older index generation that lacks archived records (the newest lost, an older
-      one restored by hand) until the next writer's claim rebuilds the state;
-  (J, fixed in claims.py: a record counted when the claimant right after its writer died before saying
-      what it accepted, even when a later claimant finished since; the first claimant that said decides.)
+it and its garbage collection deleted what had been committed since it started; (J) a record counted
+when the claimant right after its writer had died before saying what it accepted, even when a later
+claimant had finished since: a writer taken over twice slipped a record past its fence check and a
+video it redid appeared twice. Still open, pinned by a strict xfail: (C') a reader trusts an older index
+generation that lacks archived records (the newest lost, an older one restored by hand) until the next
+writer's claim rebuilds the state.
 
-Cost: by default a few hundred steps in all (about 20 s on local disk and 30 s on S3, 2 cores). A
+Cost: by default a few hundred steps in all (about 15 s on local disk and 30 s on S3, 2 cores). A
 longer run:
 
     VIDFEAT_STATEFUL_EXAMPLES=200 pytest tests/test_protocol_stateful.py
@@ -103,7 +103,6 @@ from pipeline.verify import verify
 from test_reliability import PROV, s3  # noqa: F401 - the moto S3 server fixture
 
 EXAMPLES = int(os.environ.get("VIDFEAT_STATEFUL_EXAMPLES") or 0)
-EXPOSE = os.environ.get("VIDFEAT_STATEFUL_EXPOSE") == "1"     # no detour around the open bugs (module doc)
 LOCAL = (EXAMPLES, 60) if EXAMPLES else (20, 30)          # (examples, steps per example)
 S3 = (max(EXAMPLES // 4, 5), 40) if EXAMPLES else (4, 20)
 DIM, CLASSES = 4, 3
@@ -1195,7 +1194,7 @@ def test_i_a_writer_taken_over_three_times_is_still_fenced(tmp_path):
     assert refused and verify(out)["ok"]                       # (it deleted part-s-00000's files: bug I)
 
 
-def test_known_bug_j_a_record_of_a_writer_taken_over_twice_does_not_count(tmp_path, monkeypatch):
+def test_j_a_record_of_a_writer_taken_over_twice_does_not_count(tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     paused = Ledger(out)
     paused.claim()                                             # epoch 1; then its VM is suspended
@@ -1207,5 +1206,5 @@ def test_known_bug_j_a_record_of_a_writer_taken_over_twice_does_not_count(tmp_pa
     successor.collect_garbage(successor.claim())               # epoch 3: the next run, whole
     _commit(successor, "part-s-00000", ["x"])                  # it redoes x ...
     _slip(paused, "part-p-00000", ["x"])                       # ... which the paused run had in hand
-    assert Ledger(out).load().fenced == ("part-p-00000",)      # () : it counts
-    assert verify(out)["ok"]                                   # x appears 2 times in videos/ and hdf5/
+    assert Ledger(out).load().fenced == ("part-p-00000",)      # (it counted: bug J)
+    assert verify(out)["ok"]                                   # (x appeared twice in videos/ and hdf5/)
