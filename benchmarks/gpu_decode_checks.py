@@ -157,8 +157,16 @@ def parallel_decode(ctx, video: str, seconds: float, n: int, rounds: int) -> dic
             "clips_per_decoder": results[0]["clips"]}
 
 
+def pyav_missing() -> dict | None:
+    """{"skipped": why} when PyAV (a carried wheel on the device machine) does not import, else None."""
+    state = imports("av")
+    return None if state.startswith("imports") else {"skipped": f"PyAV: {state}"}
+
+
 def cpu_decode(ctx) -> dict:
     """Video-seconds/s of one decoder, and of one per core all at once, on the generated video."""
+    if missing := pyav_missing():
+        return missing
     video, seconds = test_video(ctx)
     cores = os.cpu_count() or 1
     counts = (cores,) if ctx.smoke else (1, cores)            # a smoke run skips the single decoder
@@ -183,6 +191,8 @@ def nvdec_decode(ctx) -> dict:
     """Video-seconds/s of each carried GPU decoder on the test video at the default 1/32 sampling."""
     if ctx.device.type != "cuda":
         return {"skipped": "needs CUDA"}
+    if missing := pyav_missing():                           # the test video is made with PyAV
+        return missing
     video, seconds = test_video(ctx)
     indices = sampled_indices(video)
     result = {"frames_per_video": len(indices)}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import re
+import time
 import warnings
 from typing import Any, Callable
 
@@ -18,7 +20,7 @@ import torch
 
 from model_throughput import clip_macs, hf_twin
 from pipeline.model import get_preset, random_timesformer
-from pipeline.model.accel import cast_matmul_weights_, compiled_forward
+from pipeline.model.accel import cast_matmul_weights_
 from timing import synchronizer, timed_interleaved
 
 GIB = 2**30
@@ -142,23 +144,35 @@ def ceilings(ctx) -> dict:
 
 
 def precision(ctx) -> dict:
-    """bf16 variants vs the float32 reference at one clip of the preset's shape (CLS and logits)."""
+    """bf16 variants vs the float32 reference at one clip of the preset's shape (CLS and logits). Only
+    our fp32 reference is needed; any other row that fails (HF's reference included) records its error."""
     x = clip(ctx, 1, seed=1)
     with exact_fp32():
         ref = ours_call(ctx, ours(ctx), amp=False)(x)
-        hf_ref = hf_call(ctx, hf(ctx), amp=False)(hf_input(x))
-    rows = [{"variant": "HF fp32 vs ours fp32", **errors(hf_ref, ref)}]
     variants = {
-        "ours bf16 autocast (pipeline default)": lambda: ours_call(ctx, ours(ctx))(x),
-        "ours bf16 weights + autocast": lambda: ours_call(ctx, ours_bf16w(ctx))(x),
+        "HF fp32 vs ours fp32": lambda: _fp32(lambda: hf_call(ctx, hf(ctx), amp=False)(hf_input(x))),
+        "ours bf16 autocast (fp32 weights)": lambda: ours_call(ctx, ours(ctx))(x),
+        "ours bf16 weights + autocast (pipeline default)": lambda: ours_call(ctx, ours_bf16w(ctx))(x),
         "ours all-bf16 (no autocast)": lambda: all_bf16_call(ctx)(x),
         "HF bf16 autocast": lambda: hf_call(ctx, hf(ctx))(hf_input(x)),
     }
-    for name, run in variants.items():
-        rows.append({"variant": name, **errors(run(), ref)})
-    same = ours_call(ctx, ours_bf16w(ctx))(x)[0].equal(ours_call(ctx, ours(ctx))(x)[0])
+    rows = [{"variant": name, **guarded(lambda run=run: errors(run(), ref))} for name, run in variants.items()]
+    same = guarded(lambda: {"same": bool(ours_call(ctx, ours_bf16w(ctx))(x)[0].equal(ours_call(ctx, ours(ctx))(x)[0]))})
     return {"shape": list(x.shape), "reference": "ours fp32, TF32 off", "rows": rows,
-            "bf16_weights_bit_identical_to_autocast": bool(same)}
+            "bf16_weights_bit_identical_to_autocast": same.get("same", same.get("error"))}
+
+
+def _fp32(run: Callable[[], Any]) -> Any:
+    with exact_fp32():
+        return run()
+
+
+def guarded(run: Callable[[], dict]) -> dict:
+    """`run()`, or {"error": …} when it raises: one failing row never loses the others."""
+    try:
+        return run()
+    except Exception as exc:                                   # noqa: BLE001 - recorded in the row
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def ours_all_bf16(ctx) -> torch.nn.Module:
@@ -223,3 +237,111 @@ def _forced_ms(ctx, call: Callable[[], Any], backend: str) -> float | str:
         return secs["a"] * 1e3
     except RuntimeError as exc:
         return "unavailable: " + str(exc).splitlines()[0][:60]
+
+
+ATTENTION_LABELS = {"temporal_attn": "vidfeat.temporal_attention", "attn": "vidfeat.spatial_attention"}
+KERNEL_CLASSES = (   # first match wins: attention kernels also contain "mma"
+    ("attention", r"flash|fmha|attention|_attn|sdpa|mha"),
+    ("gemm", r"gemm|xmma|cutlass|cublas|nvjet|wgmma|hmma|aten::(mm|addmm|bmm|linear|matmul|_convolution|mkldnn)"),
+    ("elementwise", r"elementwise|vectorized|unrolled|reduce|norm|softmax|gelu|copy|cat|add|mul|div|sub|"
+                    r"index|fill|where|mean|sum|_to_copy|clone|contiguous"),
+)
+
+
+def profile(ctx) -> dict:
+    """Where a forward's time goes at batch 4 (2 in a smoke run), the pipeline's default model (bf16
+    weights, bf16 autocast, eager): device time by kernel class (GEMM, attention, element-wise, other),
+    the top kernels, and the SDPA operators under the temporal and the spatial attention."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    batch = 2 if ctx.smoke else 4
+    model, x = ours_bf16w(ctx), clip(ctx, batch, seed=4)
+    call, sync = ours_call(ctx, model), synchronizer(ctx.device)
+    start = time.perf_counter()
+    call(x)
+    sync()
+    calls = ctx.iters(time.perf_counter() - start, min(10.0, ctx.left() / 3), 2, 10)
+    cuda = ctx.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with labelled_attention(model), torch_profile(activities=activities) as prof:
+        for _ in range(calls):
+            call(x)
+        sync()
+    kernels = kernel_times(prof, cuda)
+    return {"batch": batch, "calls": calls, "timeline": "CUDA kernels" if cuda else "CPU operators (self time)",
+            **kernel_summary(kernels, calls), "sdpa_ops": sdpa_ops_by_label(prof)}
+
+
+@contextlib.contextmanager
+def labelled_attention(model):
+    """Every temporal and spatial attention call of `model` inside a profiler range named for its kind."""
+    from torch.autograd.profiler import record_function
+
+    handles, open_ranges = [], []
+    for block in model.blocks:
+        for attr, label in ATTENTION_LABELS.items():
+            module = getattr(block, attr, None)
+            if module is None:
+                continue
+            handles.append(module.register_forward_pre_hook(
+                lambda *_, label=label: open_ranges.append(record_function(label).__enter__())))
+            handles.append(module.register_forward_hook(lambda *_: open_ranges.pop().__exit__(None, None, None)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def kernel_times(prof, cuda: bool) -> dict[str, float]:
+    """name → device microseconds (CUDA kernels) or CPU self microseconds (aten operators)."""
+    from torch.autograd import DeviceType
+
+    times: dict[str, float] = {}
+    for e in prof.key_averages():
+        if cuda:
+            if getattr(e, "device_type", None) != DeviceType.CUDA:
+                continue
+            us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+        else:
+            if not e.key.startswith("aten::") or e.key in ("aten::empty", "aten::empty_strided"):
+                continue
+            us = e.self_cpu_time_total
+        if us > 0:
+            times[e.key] = times.get(e.key, 0.0) + us
+    return times
+
+
+def kernel_class(name: str) -> str:
+    for label, pattern in KERNEL_CLASSES:
+        if re.search(pattern, name, re.IGNORECASE):
+            return label
+    return "other"
+
+
+def kernel_summary(times: dict[str, float], calls: int) -> dict:
+    """Milliseconds a forward and the share of each kernel class; the ten largest kernels."""
+    total = sum(times.values()) or 1.0
+    shares: dict[str, float] = {}
+    for name, us in times.items():
+        shares[kernel_class(name)] = shares.get(kernel_class(name), 0.0) + us / total
+    top = sorted(times.items(), key=lambda kv: -kv[1])[:10]
+    return {"ms_per_forward": total / calls / 1e3, "shares": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
+            "top": [{"name": name[:120], "class": kernel_class(name), "ms_per_forward": us / calls / 1e3,
+                     "share": us / total} for name, us in top]}
+
+
+def sdpa_ops_by_label(prof) -> dict[str, list[str]]:
+    """The attention operators seen inside each labelled range (temporal, spatial), most specific first."""
+    seen: dict[str, set[str]] = {label: set() for label in ATTENTION_LABELS.values()}
+    for e in prof.events():
+        if "attention" not in e.name or not e.name.startswith("aten::") or \
+                e.name == "aten::scaled_dot_product_attention":
+            continue
+        parent = e.cpu_parent
+        while parent is not None and parent.name not in seen:
+            parent = parent.cpu_parent
+        if parent is not None:
+            seen[parent.name].add(e.name)
+    return {label.split(".")[1]: sorted(ops, key=len, reverse=True) or ["none seen"] for label, ops in seen.items()}

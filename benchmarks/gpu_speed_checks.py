@@ -24,9 +24,10 @@ from gpu_model_checks import (GIB, all_bf16_call, cached, clip, flop_per_clip, h
                               ours_bf16w, ours_call, rel_err, release_memory)
 from pipeline.model import get_preset
 from pipeline.model.accel import compiled_forward
+from pipeline.model.limits import MAX_SEQUENCES, max_clips_per_forward
 from timing import synchronizer, timed_interleaved
 
-COMPILE_GUESS_S = {"inductor": 30.0, "eager": 2.0}      # before the first compile has been timed
+COMPILE_GUESS_S = {"inductor": 60.0, "eager": 2.0}      # before the first compile has been timed
 
 
 def variant_builders(ctx) -> dict[str, Callable[[], Callable]]:
@@ -145,7 +146,9 @@ def max_batch(ctx) -> dict:
     """The largest batch of ours (fp32 weights, bf16 autocast, eager) whose forward fits: doubling, then
     bisecting between the last batch that fit and the first that did not, while time allows."""
     release_memory(ctx, keep=("ours",))
-    call, cap = ours_call(ctx, ours(ctx)), 4 if ctx.smoke else 1024
+    p = get_preset(ctx.preset)
+    limit = max_clips_per_forward(p.img_size, p.patch_size)          # the fused attention kernels' limit
+    call, cap = ours_call(ctx, ours(ctx)), 4 if ctx.smoke else min(1024, limit)
     rows, lo, hi, batch = [], 0, None, max(ctx.batches)
     while batch <= cap and (row := try_batch(ctx, call, batch)) is not None:
         rows.append(row)
@@ -156,7 +159,9 @@ def max_batch(ctx) -> dict:
     while hi is not None and hi - lo > max(1, lo // 8) and (row := try_batch(ctx, call, (lo + hi) // 2)):
         rows.append(row)
         lo, hi = (row["batch"], hi) if row["fits"] else (lo, row["batch"])
-    return {"largest_fitting_batch": lo, "first_failing_batch": hi, "cap": cap, "rows": rows}
+    return {"largest_fitting_batch": lo, "first_failing_batch": hi, "cap": cap, "rows": rows,
+            "cap_reason": f"{limit} clips: the fused attention kernels take at most {MAX_SEQUENCES:,} sequences "
+                          "a call (pipeline/model/limits.py)"}
 
 
 def try_batch(ctx, call: Callable, batch: int) -> dict | None:
@@ -218,10 +223,10 @@ def embed_calls(embedder, frames: np.ndarray) -> dict[str, Callable]:
     """The bare model on a ready input; `embed` through each uploader; `__call__` on a Ray-shaped batch."""
     from pipeline.results import matrix
     from pipeline.transforms import to_model_input
-    from pipeline.upload import ChunkUploader
+    from pipeline.upload import ChunkUploader, as_tensor
 
     batch = len(frames)
-    x = to_model_input(torch.from_numpy(frames).to(embedder.device).flatten(0, 1), embedder.preprocess)
+    x = to_model_input(as_tensor(frames).to(embedder.device).flatten(0, 1), embedder.preprocess)
     uploaders = {f"embed, chunk {c or 'whole'}{' pinned' if u.pinned else ''}": u
                  for c in (0, 1, 2, batch) for u in [ChunkUploader(embedder.device, c)]}
     ray_batch = {"video_id": np.array([f"v{i}" for i in range(batch)], dtype=object),
@@ -229,8 +234,8 @@ def embed_calls(embedder, frames: np.ndarray) -> dict[str, Callable]:
                  "frames": frames}
 
     def bare():
-        with torch.inference_mode(), torch.autocast(embedder.device.type, dtype=embedder.dtype,
-                                                    enabled=embedder.dtype != torch.float32):
+        with torch.no_grad(), torch.autocast(embedder.device.type, dtype=embedder.dtype,
+                                             enabled=embedder.dtype != torch.float32):
             emb = embedder.forward(x)
             return emb.float(), embedder.model.forward_head(emb)
 
@@ -244,17 +249,19 @@ def embed_calls(embedder, frames: np.ndarray) -> dict[str, Callable]:
 
 
 def host_frames(ctx, batch: int) -> np.ndarray:
-    """Random uint8 clips as the decode stage delivers them: [batch, crops=1, T, S, S, 3]."""
+    """Random uint8 clips as Ray hands the decode stage's output to the actor: [batch, crops=1, T, S, S, 3],
+    one read-only array over a shared buffer (bytes here, the object store there), not a writable copy."""
     p = get_preset(ctx.preset)
     shape = (batch, 1, p.num_frames, p.img_size, p.img_size, 3)
-    return np.random.default_rng(batch).integers(0, 256, shape, dtype=np.uint8)
+    data = np.random.default_rng(batch).integers(0, 256, shape, dtype=np.uint8).tobytes()
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def transfer_rates(ctx, batch: int) -> dict:
     """GB/s of host-to-device copies of one batch of frames: pageable, pinned, and host into pinned."""
     if ctx.device.type != "cuda" or not batch:
         return {"skipped": "needs CUDA"}
-    frames = torch.from_numpy(host_frames(ctx, batch))
+    frames = torch.from_numpy(host_frames(ctx, batch).copy())
     pinned = torch.empty_like(frames).pin_memory()
     calls = {"pageable_to_device": lambda: frames.to(ctx.device),
              "pinned_to_device": lambda: pinned.to(ctx.device, non_blocking=True),

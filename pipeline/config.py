@@ -24,8 +24,8 @@ class ModelConfig:
     compile: bool = False              # torch.compile the model (CUDA only)
     compile_scope: str = "model"       # model (the whole forward) | blocks (each block; one graph, faster to compile)
     compile_mode: str = "default"      # torch.compile mode; "reduce-overhead" also captures CUDA graphs
-    bf16_weights: bool = False         # keep Linear/conv weights in bf16 under bf16 autocast (same numbers,
-                                       # no re-cast on every call)
+    bf16_weights: bool = True          # keep Linear/conv weights in bf16 under bf16 autocast (same numbers,
+                                       # no re-cast on every call; fp32 runs keep fp32 weights)
     upload_chunk: int = 0              # clips per forward, sent through pinned double buffers that overlap
                                        # the transfer with compute (CUDA); 0 = the whole batch in one copy
 

@@ -24,6 +24,7 @@ from pipeline.faults import failpoint
 from pipeline.results import to_table
 from pipeline.model import TimeSformer, load_timesformer
 from pipeline.model.accel import cast_matmul_weights_, compiled_forward
+from pipeline.model.limits import forward_clips
 from pipeline.transforms import to_model_input
 from pipeline.upload import ChunkUploader
 
@@ -84,7 +85,7 @@ class ClipEmbedder:
         stages = np.array([str(s) for s in batch["stage"]], dtype=object)
         if ok:
             try:
-                emb[ok], logits[ok] = self.embed(np.stack([batch["frames"][i] for i in ok]))
+                emb[ok], logits[ok] = self.embed(ok_frames(batch["frames"], ok))
             except Exception as exc:                              # noqa: BLE001 - becomes failure rows
                 log.exception("inference failed on a batch of %d clips", len(ok))
                 for i in ok:
@@ -102,7 +103,7 @@ class ClipEmbedder:
         """Host-to-device copies of clip batches (`model.upload_chunk` clips at a time)."""
         return ChunkUploader(self.device, self.config.model.upload_chunk)
 
-    @torch.inference_mode()
+    @torch.no_grad()          # not inference_mode: under it autocast re-casts the fp32 weights every call
     def embed(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frames [B, crops, T, S, S, 3] (uint8, or float32 0…255 with `preprocess.frame_dtype` "float32")
         → (embedding [B, D], logits [B, C]) averaged over crops, float32. The model runs on one upload
@@ -110,15 +111,47 @@ class ClipEmbedder:
         b, crops = frames.shape[:2]
         embs, logits = [], []
         for part in self.uploader.chunks(frames):
-            x = to_model_input(part.flatten(0, 1), self.preprocess)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                emb = self.forward(x)
-                logit = self.model.forward_head(emb)
-            embs.append(emb.to(torch.float32, copy=True))   # a copy: compiled graphs may reuse their outputs
-            logits.append(logit.to(torch.float32, copy=True))
+            emb, logit = self.forward_rows(to_model_input(part.flatten(0, 1), self.preprocess))
+            embs.append(emb)
+            logits.append(logit)
         emb = torch.cat(embs).view(b, crops, -1).mean(dim=1)
         logit = torch.cat(logits).view(b, crops, -1).mean(dim=1)
         return emb.cpu().numpy(), logit.cpu().numpy()
+
+    @functools.cached_property
+    def fixed_rows(self) -> int:
+        """Rows every forward of a compiled model gets (0: as they come): one batch or upload chunk of
+        clips times their crops, so that the last, short batch of a run does not recompile the graph."""
+        m, on_gpu = self.config.model, self.device.type == "cuda"
+        if not (m.compile and on_gpu):
+            return 0
+        return forward_clips(self.config.run.batch_size, m.upload_chunk, on_gpu) * self.config.preprocess.crops
+
+    def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input rows → (CLS, logits) float32, one row each; padded to `fixed_rows` for the model."""
+        n = len(x)
+        x = pad_rows(x, self.fixed_rows)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            emb = self.forward(x)
+            logit = self.model.forward_head(emb)
+        # copies: compiled graphs may reuse their outputs
+        return emb[:n].to(torch.float32, copy=True), logit[:n].to(torch.float32, copy=True)
+
+
+def ok_frames(frames: np.ndarray, ok: list[int]) -> np.ndarray:
+    """The frames of the rows in `ok`, as one array. Ray hands a batch's frames as one read-only array
+    over its buffer: that array itself when every row is a clip (no host copy before the upload), else
+    the clips' rows; rows that are separate arrays are stacked."""
+    if isinstance(frames, np.ndarray) and frames.dtype != object:
+        return frames if len(ok) == len(frames) else frames[ok]
+    return np.stack([frames[i] for i in ok])
+
+
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """`x` with its last row repeated up to `rows` rows (`x` itself when it has as many or more)."""
+    if len(x) >= rows:
+        return x
+    return torch.cat([x, x[-1:].expand(rows - len(x), *x.shape[1:])])
 
 
 def prepare_model(model: TimeSformer, m: ModelConfig, device: torch.device,

@@ -142,10 +142,22 @@ def _fingerprint(config: Config) -> tuple[str, str]:
         raise ConfigError(f"no checkpoint given: pass --checkpoint PATH|URL (preset {p.name} expects "
                           f"{p.checkpoint_file or 'a checkpoint'}) or --checkpoint random for random weights")
     m = config.model                          # the strict load the actors will do, before anything is written
+    _check_batch(config)
     check_checkpoint(m.checkpoint, preset=m.preset, seed=m.seed, fused_attn=m.fused_attn,
                      num_frames=config.sampling.num_frames, img_size=config.preprocess.size)
     sha = checkpoint_sha256(m.checkpoint, seed=m.seed, preset=m.preset)
     return sha, config.fingerprint(sha)
+
+
+def _check_batch(config: Config) -> None:
+    """Refuse a batch the fused attention kernels cannot take in one forward (pipeline/model/limits.py)."""
+    from pipeline.model import get_preset
+    from pipeline.model.limits import batch_problem
+
+    problem = batch_problem(config.run.batch_size, config.model.upload_chunk, config.preprocess.size,
+                            get_preset(config.model.preset).patch_size, config.preprocess.crops)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _stream_until_stopped(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary,

@@ -11,6 +11,7 @@ workers stay light); only `to_model_input` needs it.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Sequence
 
@@ -91,15 +92,18 @@ def to_model_input(frames: torch.Tensor, preprocess: PreprocessConfig | None = N
     _check_frames(frames, 5, allow_float=True)
     views = torch.stack(crop(frames, p.size, p.crops), dim=1)          # B, crops, T, s, s, 3 (a copy)
     x = views.flatten(0, 1).permute(0, 4, 1, 2, 3).to(torch.float32).div_(255.0)  # B·crops, 3, T, s, s
-    mean = _channel_vector(p.mean, x)
-    std = _channel_vector(p.std, x)
+    mean = channel_vector(tuple(p.mean), x.dtype, x.device)
+    std = channel_vector(tuple(p.std), x.dtype, x.device)
     return x.sub_(mean).div_(std)
 
 
-def _channel_vector(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=32)
+def channel_vector(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`values` as a [1, 3, 1, 1, 1] tensor on `device`, made once per (values, dtype, device): making it
+    from a list on a GPU is a blocking host-to-device copy, a stream synchronisation every call."""
     import torch
 
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, 3, 1, 1, 1)
+    return torch.tensor(values, dtype=dtype, device=device).view(1, 3, 1, 1, 1)
 
 
 def _check_frames(x, ndim: int, allow_float: bool = False) -> None:

@@ -13,8 +13,19 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import warnings
+
 import numpy as np
 import torch
+
+
+def as_tensor(frames: np.ndarray) -> torch.Tensor:
+    """A tensor over `frames`' memory, no copy, also when the array is read-only (as Ray hands a batch:
+    a view of its object-store buffer). Nothing here writes to it; torch's warning about such arrays is
+    silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(frames)
 
 
 class ChunkUploader:
@@ -37,10 +48,10 @@ class ChunkUploader:
             if self.pinned:
                 yield self._send_pinned(part, k % 2)
             else:
-                yield torch.from_numpy(part).to(self.device, non_blocking=True)
+                yield as_tensor(part).to(self.device, non_blocking=True)
 
     def _send_pinned(self, part: np.ndarray, slot: int) -> torch.Tensor:
-        source = torch.from_numpy(part)
+        source = as_tensor(part)
         staging = self._staging(slot, source)
         if self._sent[slot] is not None:
             self._sent[slot].synchronize()              # the buffer's previous transfer has left

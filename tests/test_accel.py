@@ -91,12 +91,14 @@ def test_compiled_forward_names_bad_settings():
         compiled_forward(model, "blocks", "fastest")
 
 
-def test_defaults_keep_todays_behaviour():
+def test_defaults_cast_matmul_weights_once_for_bf16_and_compile_nothing():
     m = ModelConfig()
     assert (m.compile, m.compile_scope, m.compile_mode, m.bf16_weights, m.upload_chunk) == \
-        (False, "model", "default", False, 0)
+        (False, "model", "default", True, 0)
     model, fn = prepare_model(random_model(), m, torch.device("cpu"), torch.bfloat16)
-    assert model.blocks[0].attn.qkv.weight.dtype == torch.float32 and fn == model.forward_features
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16 and fn == model.forward_features
+    model, _ = prepare_model(random_model(), m, torch.device("cpu"), torch.float32)
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.float32
 
 
 def test_prepare_model_casts_weights_only_for_bf16_autocast():
@@ -151,10 +153,117 @@ def test_pinned_uploads_deliver_every_chunk_exactly():
                                            bf16_weights=True, upload_chunk=1)])
 def test_cuda_speedups_keep_the_embeddings(settings):
     frames = tiny_frames(5)
-    ref = embedder(precision="bf16").embed(frames)
-    out = embedder(precision="bf16", **settings).embed(frames)
+    ref = embedder(precision="bf16", bf16_weights=False).embed(frames)
+    fast = embedder(precision="bf16", **settings)
+    out = fast.embed(frames)
     for a, b in zip(out, ref):
         assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
     if settings == dict(bf16_weights=True):
         assert all(np.array_equal(a, b) for a, b in zip(out, ref))
+    ray_out = fast.results(ray_batch(frames))                   # a read-only batch as Ray hands it
+    assert np.allclose(ray_out["embedding"], out[0], atol=1e-2, rtol=1e-2)
 
+
+def weight_casts(embedder: ClipEmbedder, frames: np.ndarray) -> int:
+    """How many times one `embed` casts fc1's weight (aten::_to_copy of its shape), all blocks together."""
+    from torch.profiler import ProfilerActivity, profile
+
+    shape = list(embedder.model.blocks[0].mlp.fc1.weight.shape)
+    embedder.embed(frames)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        embedder.embed(frames)
+    return sum(1 for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [shape])
+
+
+def test_bf16_runs_cast_no_weight_by_default_and_at_most_once_a_block_without_bf16_weights():
+    frames = tiny_frames(2)
+    default = embedder(precision="bf16")
+    assert default.model.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
+    assert weight_casts(default, frames) == 0
+    recast = embedder(precision="bf16", bf16_weights=False)
+    # autocast's cast cache is off under inference_mode (two casts a block were measured there); embed
+    # runs under no_grad, where each block's weight is cast once per forward
+    assert weight_casts(recast, frames) == len(recast.model.blocks)
+    emb, logits = default.embed(frames)
+    emb_r, logits_r = recast.embed(frames)
+    assert np.array_equal(emb, emb_r) and np.array_equal(logits, logits_r)       # the same numbers
+
+
+def ray_batch(frames: np.ndarray, failed: tuple[int, ...] = ()) -> dict:
+    """A batch as Ray hands it to the actor: the frames one read-only array over a shared buffer."""
+    buffer = memoryview(frames.tobytes())                     # bytes: read-only, like the object store's
+    shared = np.frombuffer(buffer, dtype=frames.dtype).reshape(frames.shape)
+    n = len(frames)
+    return {"video_id": np.array([f"v{i}" for i in range(n)], dtype=object),
+            "error": np.array(["decode: bad" if i in failed else "" for i in range(n)], dtype=object),
+            "stage": np.array(["decode" if i in failed else "" for i in range(n)], dtype=object),
+            "frames": shared}
+
+
+def test_a_ray_batch_reaches_the_model_without_a_host_copy(monkeypatch):
+    e, batch = embedder(), ray_batch(tiny_frames(3))
+    assert not batch["frames"].flags.writeable
+    seen = []
+    original = ChunkUploader.chunks
+
+    def spy(self, frames):
+        for part in original(self, frames):
+            seen.append((frames, part))
+            yield part
+    monkeypatch.setattr(ChunkUploader, "chunks", spy)
+    out = e.results(batch)
+    (handed, tensor), = seen
+    assert handed is batch["frames"]                                    # no np.stack, no copy
+    assert tensor.data_ptr() == batch["frames"].ctypes.data              # the CPU "upload" is a view
+    emb, _ = e.embed(tiny_frames(3))
+    assert np.allclose(out["embedding"], emb, atol=1e-6)
+
+
+def test_failed_rows_are_left_out_of_the_forward():
+    e, frames = embedder(), tiny_frames(4)
+    out = e.results(ray_batch(frames, failed=(1,)))
+    emb, _ = e.embed(frames[[0, 2, 3]])
+    assert np.allclose(out["embedding"][[0, 2, 3]], emb, atol=1e-6) and not out["embedding"][1].any()
+    assert list(out["error"])[1] == "decode: bad"
+
+
+def test_a_compiled_model_always_gets_full_batches(monkeypatch):
+    e = embedder(compile=True)
+    monkeypatch.setattr(e, "device", torch.device("cuda"))              # fixed_rows is a CUDA concern
+    e.config = e.config.replace(run={"batch_size": 4})
+    assert e.fixed_rows == 4
+    monkeypatch.setattr(e, "device", torch.device("cpu"))
+    shapes = []
+    forward = e.forward
+    e.forward = lambda x: shapes.append(len(x)) or forward(x)
+    frames = tiny_frames(3)
+    emb, logits = e.embed(frames)
+    ref, ref_logits = embedder().embed(frames)
+    assert shapes == [4] and emb.shape == (3, 64)
+    assert np.allclose(emb, ref, atol=1e-5) and np.allclose(logits, ref_logits, atol=1e-5)
+
+
+def test_batches_over_the_fused_attention_limit_are_refused_before_the_run(tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.model.limits import batch_problem, max_clips_per_forward
+    from pipeline.runner import _check_batch
+
+    assert max_clips_per_forward(224, 16) == 334 and max_clips_per_forward(224, 16, crops=3) == 111
+    assert batch_problem(334, 0, 224, 16, 1) is None
+    assert "65,535" in batch_problem(335, 0, 224, 16, 1)
+    assert batch_problem(1000, 8, 224, 16, 3) is None                  # chunks of 8 clips are the forward
+    big = Config.from_preset("timesformer-l-howto100m", checkpoint="random").replace(run={"batch_size": 400})
+    with pytest.raises(ConfigError, match="at most 334 clips"):
+        _check_batch(big)
+
+
+def test_mean_and_std_are_made_once_per_device():
+    from pipeline.transforms import channel_vector
+
+    e, frames = embedder(), tiny_frames(2)
+    e.embed(frames)
+    before = channel_vector.cache_info()
+    e.embed(frames)
+    e.embed(frames)
+    after = channel_vector.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 4
