@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from pipeline.commit import write_part  # noqa: E402
-from pipeline.ledger import Ledger  # noqa: E402
+from pipeline.store.commit import write_part  # noqa: E402
+from pipeline.store.ledger import Ledger  # noqa: E402
 
 PROV = {"checkpoint_sha256": "x", "preset": "tiny", "sampling": "96x32@30fps", "preprocessing": "p", "decode": "d",
         "fingerprint": "f", "schema_version": 1, "code_version": "0", "run_id": "bench"}

@@ -4,7 +4,7 @@
 
 A decode slot is the process that runs the decode stage plus its watchdog worker process. `slot`
 measures it in a fresh process that imports what the decode stage needs (`pipeline.config`,
-`pipeline.decode`, `pipeline.transforms`), decodes a 120 s 640×360 video through the default path and
+`pipeline.decode`, `pipeline.decode.transforms`), decodes a 120 s 640×360 video through the default path and
 crops each clip as the stage does: import time, the first decode's extra time (the worker starting:
 cold minus warm, on a 1 s video), peak RSS (VmHWM) of both processes, and whether torch got loaded.
 `--compare ROOT` runs the same in another checkout (e.g. the main branch) for a before/after.
@@ -36,7 +36,7 @@ t0 = time.perf_counter()
 import numpy as np
 from pipeline.config import Config
 from pipeline.decode import decode_clips
-from pipeline.transforms import crop
+from pipeline.decode.transforms import crop
 imports = time.perf_counter() - t0
 try:
     from pipeline.decode.worker import POOL
@@ -54,7 +54,7 @@ def torch_in(pid="self"):
 tiny, video, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
 cfg = Config().replace(decode={"timeout_s": timeout})
 try:
-    from pipeline.decode_stage import decoding_config       # as the stage decodes (one crop: cut in the resize)
+    from pipeline.run.decode_stage import decoding_config       # as the stage decodes (one crop: cut in the resize)
     cfg = decoding_config(cfg)
 except ImportError:                                         # a checkout from before it (--compare)
     pass
@@ -100,7 +100,7 @@ def watchdog_workers() -> dict[int, int]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"pipeline.watchdog import worker_main" not in fh.read():
+                if b"pipeline.decode.watchdog import worker_main" not in fh.read():
                     continue
             with open(f"/proc/{pid}/stat") as fh:
                 found[int(pid)] = int(fh.read().rsplit(")", 1)[1].split()[1])
@@ -132,7 +132,7 @@ def pss_mib(pid: int) -> float:
 def real_run(workdir: str, videos: int) -> dict:
     """Run the pipeline on `videos` generated videos, polling the decode slots' processes."""
     from pipeline.config import Config
-    from pipeline.runner import run_extract
+    from pipeline.run.runner import run_extract
 
     vdir = os.path.join(workdir, "real-run-videos")
     os.makedirs(vdir, exist_ok=True)

@@ -34,10 +34,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.clips import plan_clips  # noqa: E402
+from pipeline.plan.clips import plan_clips  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.decode import probe_video  # noqa: E402
-from pipeline.transforms import resized_shape  # noqa: E402
+from pipeline.decode.transforms import resized_shape  # noqa: E402
 
 CLASSES = {   # name: (label, file name, ffmpeg encoder arguments, limit's skip_frame)
     "baseline": ("x264 Baseline, keyint 60", "baseline_g60.mp4",

@@ -114,7 +114,7 @@ import torch
 torch.set_num_threads(1)
 from pipeline.config import Config
 from pipeline.decode import decode_clips
-from pipeline.decode_stage import decoding_config
+from pipeline.run.decode_stage import decoding_config
 path, warm, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 config = decoding_config(Config())               # as the pipeline's decode stage runs it
 sum(1 for _ in decode_clips(warm, config))       # imports done, watchdog worker started
@@ -178,7 +178,7 @@ def cpu_decode(ctx) -> dict:
 
 def sampled_indices(video: str) -> list[int]:
     """The frame indices the default sampling (1/32 at 30 fps) decodes from `video`."""
-    from pipeline.clips import plan_clips
+    from pipeline.plan.clips import plan_clips
     from pipeline.config import Config
     from pipeline.decode import probe_video
 

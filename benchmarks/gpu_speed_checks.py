@@ -189,7 +189,7 @@ def try_batch(ctx, call: Callable, batch: int) -> dict | None:
 def embed(ctx) -> dict:
     """`ClipEmbedder` (the inference actor) on uint8 host frames vs its bare model on a ready input."""
     from pipeline.config import Config
-    from pipeline.infer import ClipEmbedder
+    from pipeline.run.infer import ClipEmbedder
 
     release_memory(ctx, keep=())
     embedder = ClipEmbedder(Config.from_preset(ctx.preset, checkpoint="random").to_dict())
@@ -221,9 +221,9 @@ def embed_rows(ctx, embedder, batch: int, seconds: float) -> list[dict]:
 
 def embed_calls(embedder, frames: np.ndarray) -> dict[str, Callable]:
     """The bare model on a ready input; `embed` through each uploader; `__call__` on a Ray-shaped batch."""
-    from pipeline.results import matrix
-    from pipeline.transforms import to_model_input
-    from pipeline.upload import ChunkUploader, as_tensor
+    from pipeline.run.results import matrix
+    from pipeline.decode.transforms import to_model_input
+    from pipeline.run.upload import ChunkUploader, as_tensor
 
     batch = len(frames)
     x = to_model_input(as_tensor(frames).to(embedder.device).flatten(0, 1), embedder.preprocess)

@@ -27,9 +27,9 @@ import torch
 from decode_throughput import encode
 from pipeline.config import Config
 from pipeline.decode import decode_clips
-from pipeline.decode_stage import decoding_config
-from pipeline.infer import ClipEmbedder
-from pipeline.runner import run_extract
+from pipeline.run.decode_stage import decoding_config
+from pipeline.run.infer import ClipEmbedder
+from pipeline.run.runner import run_extract
 
 
 def bench_config() -> Config:

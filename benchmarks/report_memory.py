@@ -5,7 +5,7 @@
 Builds a committed output of `videos` synthetic videos with the real model's sizes (768-d embeddings,
 1059 classes; benchmarks/scale_setup.py), then, in a fresh process each (alternating, `rounds` times),
 finds the 4 nearest videos of 4 query videos the way `vidfeat report` does now
-(`pipeline.neighbours.nearest_videos`, one Parquet part at a time) and the way it did before
+(`pipeline.read.neighbours.nearest_videos`, one Parquet part at a time) and the way it did before
 (`VideoIndex.from_output(out).search_ids`, every embedding in memory). Prints one JSON line per
 measurement (peak RSS of the process, seconds) and checks both give the same neighbours.
 """
@@ -26,8 +26,8 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import scale_setup as setup  # noqa: E402
 
 WAYS = {
-    "part by part": "from pipeline.neighbours import nearest_videos as f; hits = f(out, ids, k=4)",
-    "whole index": "from pipeline.search import VideoIndex; hits = VideoIndex.from_output(out).search_ids(ids, k=4)",
+    "part by part": "from pipeline.read.neighbours import nearest_videos as f; hits = f(out, ids, k=4)",
+    "whole index": "from pipeline.read.search import VideoIndex; hits = VideoIndex.from_output(out).search_ids(ids, k=4)",
 }
 
 CHILD = """

@@ -32,7 +32,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import scale_setup as setup  # noqa: E402
 
 from pipeline.config import Config  # noqa: E402
-from pipeline.ledger import Ledger  # noqa: E402
+from pipeline.store.ledger import Ledger  # noqa: E402
 
 
 def report(case: str, **numbers) -> dict:
@@ -56,9 +56,9 @@ def old_feed(todo, config):
     """The feed before read tasks: one Ray block per video from `from_items`, decode per block."""
     import ray
 
-    from pipeline.decode_stage import decode_videos
-    from pipeline.feed import inference_resources
-    from pipeline.infer import ClipEmbedder
+    from pipeline.run.decode_stage import decode_videos
+    from pipeline.run.feed import inference_resources
+    from pipeline.run.infer import ClipEmbedder
 
     ds = ray.data.from_items(todo.table.to_pylist(), override_num_blocks=max(1, len(todo)))
     ds = ds.map_batches(decode_videos, batch_size=1, fn_kwargs={"config": config.to_dict()}, num_cpus=1,
@@ -69,8 +69,8 @@ def old_feed(todo, config):
 
 def cmd_driver(args) -> None:
     """Driver CPU per video between its first and last commit (all driver threads, Ray's included)."""
-    import pipeline.commit as commit
-    import pipeline.runner as runner
+    import pipeline.store.commit as commit
+    import pipeline.run.runner as runner
 
     root = tempfile.mkdtemp(prefix="vidfeat-scale-")
     manifest = setup.write_manifest(os.path.join(root, "m.parquet"), args.videos, setup.tiny_video(root))
@@ -143,7 +143,7 @@ def _stop_ray() -> None:
 
 def cmd_ledger(args) -> None:
     """Ledger.load (index + unfolded records) vs replaying every record (the load before the index)."""
-    from pipeline.ledger_state import LedgerState, replay
+    from pipeline.store.ledger_state import LedgerState, replay
 
     for parts in [int(p) for p in args.parts.split(",")]:
         with _storage(args.s3) as base:
@@ -192,7 +192,7 @@ def cmd_resume(args) -> None:
     """An output with `done` videos in parts of 64, compacted; the manifest grows by `new` videos.
     Time from the start of run_extract to the Ray Data graph being built (decoding starts), to the
     first result and to the first commit; Ray start included."""
-    import pipeline.runner as runner
+    import pipeline.run.runner as runner
 
     with _storage(args.s3) as base:
         out = f"{base}/out"
@@ -224,8 +224,8 @@ def cmd_resume(args) -> None:
 def cmd_compaction(args) -> None:
     """Files per kind and `load_videos` time on a `videos`-video output, as committed and compacted
     (a copy of the same output, interleaved rounds)."""
-    from pipeline.compact import compact
-    from pipeline.features import load_videos
+    from pipeline.store.compaction import compact
+    from pipeline.read.features import load_videos
 
     root = tempfile.mkdtemp(prefix="vidfeat-scale-", dir=args.tmp)
     parts, merged = os.path.join(root, "parts"), os.path.join(root, "compacted")

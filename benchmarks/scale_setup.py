@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import segments
-from pipeline.commit import write_part
-from pipeline.ledger import Ledger
-from pipeline.samples import write_index_video
-from pipeline.sinks import publish_bytes
+from pipeline.store import segments
+from pipeline.store.commit import write_part
+from pipeline.store.ledger import Ledger
+from pipeline.plan.samples import write_index_video
+from pipeline.store.publish import publish_bytes
 
 PROV = {"checkpoint_sha256": "bench", "preset": "tiny", "sampling": "4x8@30fps", "preprocessing": "p",
         "decode": "d", "fingerprint": "f", "schema_version": 1, "code_version": "0", "run_id": "bench"}

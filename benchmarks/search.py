@@ -1,4 +1,4 @@
-"""Queries/s of `pipeline.search.VideoIndex` vs a plain numpy baseline, same index, same queries, one run.
+"""Queries/s of `pipeline.read.search.VideoIndex` vs a plain numpy baseline, same index, same queries, one run.
 
     python benchmarks/search.py                         # 1M × 768 float32; 1, 16 and 512 queries; k = 10
     python benchmarks/search.py --n 200000 --queries 256
@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.search import VideoIndex
+from pipeline.read.search import VideoIndex
 
 
 def numpy_search(index: np.ndarray, queries: np.ndarray, k: int, batch: int) -> np.ndarray:

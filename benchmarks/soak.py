@@ -21,10 +21,10 @@ import tempfile
 import time
 
 from pipeline.corpus import read_corpus
-from pipeline.features import read_table
-from pipeline.ledger import Ledger
-from pipeline.samples import write_index_video, write_random_bytes
-from pipeline.verify import verify
+from pipeline.read.features import read_table
+from pipeline.store.ledger import Ledger
+from pipeline.plan.samples import write_index_video, write_random_bytes
+from pipeline.read.verify import verify
 
 
 def make_corpus(root: str, n: int, seed: int) -> str:

@@ -98,7 +98,7 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from pipeline import console
-    from pipeline.runner import FailureRateExceeded, run_extract
+    from pipeline.run.runner import FailureRateExceeded, run_extract
 
     config = config_from_args(args)
     with console.ray_logs_to_file(console.log_path("extract"), args.verbose) as log_file:
@@ -106,7 +106,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"Ray's logs: {printable(log_file)}" + ("" if args.verbose else " (--verbose shows them here)"),
               flush=True)
         try:
-            summary = run_extract(args.source, args.out, config, progress=not args.no_progress)
+            summary = run_extract(args.source, args.out, config,
+                                  listener=console.ConsoleListener(progress=not args.no_progress))
         except FailureRateExceeded as exc:
             print(f"vidfeat extract: stopped: {printable(exc)}", file=sys.stderr)
             return EXIT_ABORTED
@@ -116,7 +117,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.console import changed_lines, failure_lines
-    from pipeline.status import status
+    from pipeline.read.status import status
 
     require_output(args.out)
     report = status(args.out, source=args.source)
@@ -132,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.verify import verify
+    from pipeline.read.verify import verify
 
     require_output(args.out)
     report = verify(args.out)
@@ -149,7 +150,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from pipeline.compact import compact
+    from pipeline.store.compaction import compact
 
     require_output(args.out)
     report = dataclasses.asdict(compact(args.out, target_mb=args.target_mb))
@@ -166,7 +167,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.config import Config
-    from pipeline.probe import dump_frames, inspect_video
+    from pipeline.decode.inspect import dump_frames, inspect_video
 
     config = Config.from_preset(args.preset)
     report = inspect_video(args.video, config)
@@ -186,7 +187,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate sample videos, then run the real pipeline on them with a random-weight `tiny` model."""
-    from pipeline.samples import write_demo_set
+    from pipeline.plan.samples import write_demo_set
 
     videos = os.path.join(args.out, "samples")
     write_demo_set(videos)
@@ -197,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                         + (["--no-progress"] if args.no_progress else [])
                                         + (["--verbose"] if args.verbose else []))
     code = cmd_extract(extract)
-    from pipeline.report import write_report
+    from pipeline.report.page import write_report
 
     features = os.path.join(args.out, "features")
     print(f"features in {printable(features)} (try: vidfeat status / vidfeat verify / vidfeat search on it)")
@@ -218,26 +219,26 @@ def require_output(out: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline import search
+    from pipeline.read import search
 
     require_output(args.out)
     return search.cmd_search(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline import report
+    from pipeline.report import page as report
 
     return report.cmd_report(args)
 
 
 def add_report_arguments(ap: argparse.ArgumentParser) -> None:
-    from pipeline import report
+    from pipeline.report import page as report
 
     report.add_report_arguments(ap)
 
 
 def add_search_arguments(ap: argparse.ArgumentParser) -> None:
-    from pipeline import search
+    from pipeline.read import search
 
     search.add_search_arguments(ap)
 

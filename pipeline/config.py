@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pipeline.model.presets import DEFAULT_PRESET, get_preset
+from pipeline.presets import DEFAULT_PRESET, get_preset
 
 
 @dataclass(frozen=True)

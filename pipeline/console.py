@@ -37,7 +37,8 @@ import time
 import warnings
 from typing import Iterator, TextIO
 
-from pipeline.progress import Progress, _clock  # noqa: F401 - re-exported: runner.py and tests import them here
+from pipeline.progress import Progress, _clock  # noqa: F401 - re-exported: tests import them here
+from pipeline.run.listener import RunListener
 from pipeline.text import printable
 
 __all__ = ["Progress", "announce", "configure_logging", "describe_cluster", "failure_lines", "log_path",
@@ -210,6 +211,30 @@ def announce(todo: int, total: int, out: str, stream: TextIO | None = None) -> N
     print(f"extracting {todo} videos ({total - todo} of {total} already done or failed) into {printable(out)}",
           file=stream)
     print(f"on {describe_cluster()}", file=stream, flush=True)
+
+
+class ConsoleListener(RunListener):
+    """The CLI's view of a run (pipeline/run/listener.py): the announcement, then one live progress line
+    (pipeline/progress.py), drawn unless `progress` is off."""
+
+    def __init__(self, progress: bool = True):
+        self.progress, self.bars = progress, None
+
+    def started(self, todo: int, total: int, out: str) -> None:
+        announce(todo, total, out)
+        self.bars = Progress(todo, enabled=self.progress)
+
+    def clip_done(self, row: dict) -> None:
+        if self.bars:
+            self.bars.clip_done(row)
+
+    def video_done(self, event: dict) -> None:
+        if self.bars:
+            self.bars.video_done(event)
+
+    def finished(self) -> None:
+        if self.bars:
+            self.bars.close()
 
 
 def describe_cluster() -> str:

@@ -18,13 +18,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from pipeline.aggregate import aggregate_video
+from pipeline.run.aggregate import aggregate_video
 from pipeline.config import Config
 from pipeline.decode import decode_clips
-from pipeline.infer import ClipEmbedder
-from pipeline.ledger import Ledger
-from pipeline.commit import provenance, write_part
-from pipeline.transforms import crop
+from pipeline.run.infer import ClipEmbedder
+from pipeline.store.ledger import Ledger
+from pipeline.store.commit import provenance, write_part
+from pipeline.decode.transforms import crop
 
 CLASSES = ("dark-horizontal", "bright-vertical", "checkerboard")
 GHOST = "ghost"                       # a video in the uncommitted part: no reader may return it

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from pipeline.config import Config, ModelConfig
-from pipeline.infer import ClipEmbedder, prepare_model
+from pipeline.run.infer import ClipEmbedder, prepare_model
 from pipeline.model import TimeSformer
 from pipeline.model.accel import cast_matmul_weights_, compile_blocks, compiled_forward
-from pipeline.upload import ChunkUploader
+from pipeline.run.upload import ChunkUploader
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -246,7 +246,7 @@ def test_a_compiled_model_always_gets_full_batches(monkeypatch):
 def test_batches_over_the_fused_attention_limit_are_refused_before_the_run(tmp_path):
     from pipeline.errors import ConfigError
     from pipeline.model.limits import batch_problem, max_clips_per_forward
-    from pipeline.runner import _check_batch
+    from pipeline.run.runner import _check_batch
 
     assert max_clips_per_forward(224, 16) == 334 and max_clips_per_forward(224, 16, crops=3) == 111
     assert batch_problem(334, 0, 224, 16, 1) is None
@@ -258,7 +258,7 @@ def test_batches_over_the_fused_attention_limit_are_refused_before_the_run(tmp_p
 
 
 def test_mean_and_std_are_made_once_per_device():
-    from pipeline.transforms import channel_vector
+    from pipeline.decode.transforms import channel_vector
 
     e, frames = embedder(), tiny_frames(2)
     e.embed(frames)

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.aggregate import aggregate_video
-from pipeline.features import load_videos
-from pipeline.ledger import Ledger
-from pipeline.samples import write_index_video
-from pipeline.status import last_run
-from pipeline.verify import verify
+from pipeline.run.aggregate import aggregate_video
+from pipeline.read.features import load_videos
+from pipeline.store.ledger import Ledger
+from pipeline.plan.samples import write_index_video
+from pipeline.read.status import last_run
+from pipeline.read.verify import verify
 
 from conftest import ray_env, wait_for
 from test_pipeline import reference_clip_features

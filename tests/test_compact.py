@@ -19,12 +19,12 @@ import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import write_part
-from pipeline.compact import compact, plan
-from pipeline.features import load_clips, load_videos
-from pipeline.lease import WriterLease
-from pipeline.ledger import Ledger
-from pipeline.verify import verify
+from pipeline.store.commit import write_part
+from pipeline.store.compaction import compact, plan
+from pipeline.read.features import load_clips, load_videos
+from pipeline.store.lease import WriterLease
+from pipeline.store.ledger import Ledger
+from pipeline.read.verify import verify
 
 from conftest import run_cli
 from test_reliability import s3  # noqa: F401 - the moto S3 server fixture

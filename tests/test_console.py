@@ -87,8 +87,8 @@ ROUTING = textwrap.dedent("""
         logging.getLogger("ray").warning("RAY-PYTHON-LINE")
         logging.getLogger("ray.data._internal.progress").info("RAY-DATA-LINE")
         os.write(2, b"NATIVE-STDERR-LINE\\n")               # as the C++ core worker writes
-        logging.getLogger("pipeline.ledger").warning("OUR-WARNING")
-        logging.getLogger("pipeline.runner").info("OUR-INFO")
+        logging.getLogger("pipeline.store.ledger").warning("OUR-WARNING")
+        logging.getLogger("pipeline.run.runner").info("OUR-INFO")
         print("OUR-STDERR-LINE", file=sys.stderr)
         import ray, warnings
         warnings.warn_explicit("RAY-PY-WARNING", UserWarning, os.path.join(os.path.dirname(ray.__file__), "x.py"), 1)

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.commit import provenance, write_part
+from pipeline.store.commit import provenance, write_part
 from pipeline.config import Config
 from pipeline.console import failure_lines, print_summary, printable
-from pipeline.ledger import Ledger
+from pipeline.store.ledger import Ledger
 
 from conftest import ray_env
 from featurekit import build_output
@@ -148,7 +148,7 @@ def test_console_log_lines_are_escaped_the_log_file_keeps_the_record(capsys, tmp
     file_handler = logging.FileHandler(tmp_path / "run.log", encoding="utf-8")
     logging.getLogger().addHandler(file_handler)
     try:
-        logging.getLogger("pipeline.ledger").warning("skipping %s", TITLE_AND_CLEAR)
+        logging.getLogger("pipeline.store.ledger").warning("skipping %s", TITLE_AND_CLEAR)
     finally:
         logging.getLogger().removeHandler(file_handler)
         file_handler.close()

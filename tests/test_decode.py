@@ -10,15 +10,17 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipeline import samples, watchdog
-from pipeline.clips import plan_clips
+from pipeline.plan import samples
+
+from pipeline.decode import watchdog
+from pipeline.plan.clips import plan_clips
 from pipeline.config import Config
 from pipeline.decode import decode_clips, local_copy, probe_video, upright
 from pipeline.decode.pyav import GopFilter, pyav_pass
 from pipeline.decode.restarts import restart_points
 from pipeline.decode.worker import POOL
 from pipeline.errors import ConfigError, DecodeError
-from pipeline.transforms import crop, resize_short_side
+from pipeline.decode.transforms import crop, resize_short_side
 
 TINY = Config.from_preset("tiny")                     # 4 frames, stride 8 at 30 fps, 32 px
 IN_PROCESS = TINY.replace(decode={"timeout_s": 0})
@@ -138,7 +140,7 @@ def test_the_decode_side_never_loads_torch(videos):
     """What the Ray decode stage imports (config, decode, transforms, errors, faults) and its watchdog
     worker stay without torch: a decode slot holds tens of MB, not the ~700 MB torch costs."""
     code = ("import sys\n"
-            "import pipeline.config, pipeline.decode, pipeline.errors, pipeline.faults, pipeline.transforms\n"
+            "import pipeline.config, pipeline.decode, pipeline.errors, pipeline.faults, pipeline.decode.transforms\n"
             "from pipeline.decode.worker import POOL\n"
             "from pipeline.config import Config\n"
             "clips = list(pipeline.decode.decode_clips(sys.argv[1], Config.from_preset('tiny')))\n"
@@ -346,7 +348,7 @@ def _worker_processes() -> set[int]:
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if b"pipeline.watchdog import worker_main" in fh.read() and int(pid) != os.getpid():
+                    if b"pipeline.decode.watchdog import worker_main" in fh.read() and int(pid) != os.getpid():
                         pids.add(int(pid))
             except OSError:
                 pass

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from browser import Chromium, chromium_path
-from pipeline.samples import write_index_video
+from pipeline.plan.samples import write_index_video
 
 from conftest import ray_env
 

@@ -31,7 +31,7 @@ def kit(tmp_path_factory):
 
 def test_the_page_covers_every_way_in():
     text = "\n".join(BLOCKS)
-    for module in ("pandas", "pyarrow", "duckdb", "h5py", "torch", "pipeline.features", "pipeline.search"):
+    for module in ("pandas", "pyarrow", "duckdb", "h5py", "torch", "pipeline.read.features", "pipeline.read.search"):
         assert re.search(rf"^(import|from) {re.escape(module)}\b", text, re.M), module
 
 

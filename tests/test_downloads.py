@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.decode import decode_clips, spool
 from pipeline.errors import DecodeError
-from pipeline.ledger_state import LedgerState, replay
+from pipeline.store.ledger_state import LedgerState, replay
 
 from test_decode import cfg, videos  # noqa: F401 - the fixture
 

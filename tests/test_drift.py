@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.features import load_videos, read_table
-from pipeline.ledger import Ledger
-from pipeline.runner import run_extract
-from pipeline.status import status
-from pipeline.verify import verify
+from pipeline.read.features import load_videos, read_table
+from pipeline.store.ledger import Ledger
+from pipeline.run.runner import run_extract
+from pipeline.read.status import status
+from pipeline.read.verify import verify
 
 from conftest import run_cli
 from test_hostile_ids import hdf5_ids

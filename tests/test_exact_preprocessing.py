@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from featurekit import write_video
 from pipeline.config import Config
 from pipeline.decode import decode_clips
-from pipeline.infer import ClipEmbedder
-from pipeline.transforms import crop, crop_offsets, resized_shape
+from pipeline.run.infer import ClipEmbedder
+from pipeline.decode.transforms import crop, crop_offsets, resized_shape
 
 CONFIG = Config.from_preset("tiny", checkpoint="random").replace(decode={"timeout_s": 0})
 EXACT = CONFIG.replace(preprocess={"frame_dtype": "float32"})

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.errors import LeaseLostError
-from pipeline.samples import write_index_video
+from pipeline.plan.samples import write_index_video
 
 from conftest import ray_env, run_cli
 from featurekit import build_output
@@ -124,10 +124,10 @@ def test_an_unreadable_ledger_record_is_an_io_error_74_naming_it(copy, log_dir):
 
 BUG = """
 import sys
-import pipeline.verify
+import pipeline.read.verify
 def verify(out):
     raise RuntimeError("a bug\\x1b[2J\\nsecond line")
-pipeline.verify.verify = verify
+pipeline.read.verify.verify = verify
 from pipeline.cli import run_cli
 run_cli(sys.argv[1:])
 """
@@ -165,7 +165,7 @@ def raiser(exc: BaseException):
     (KeyboardInterrupt(), 130, "interrupted (SIGINT); committed work is safe; the same command resumes"),
 ])
 def test_each_kind_of_end_has_its_code(finished, monkeypatch, capsys, exc, code, says):
-    monkeypatch.setattr("pipeline.compact.compact", raiser(exc))
+    monkeypatch.setattr("pipeline.store.compaction.compact", raiser(exc))
     assert cli.main(["compact", finished]) == code
     captured = capsys.readouterr()
     assert says in one_line(captured.err) and captured.out == ""
@@ -174,16 +174,16 @@ def test_each_kind_of_end_has_its_code(finished, monkeypatch, capsys, exc, code,
 
 def test_sigterm_before_ray_unwinds_to_143_and_restores_the_handler(finished, monkeypatch, capsys):
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr("pipeline.status.status", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    monkeypatch.setattr("pipeline.read.status.status", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
     assert cli.main(["status", finished]) == 143
     assert "terminated (SIGTERM)" in one_line(capsys.readouterr().err)
     assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_rays_sigterm_handler_exit_is_143_and_other_exits_pass(finished, monkeypatch, capsys):
-    monkeypatch.setattr("pipeline.status.status", raiser(SystemExit(signal.SIGTERM)))  # what ray.init installs
+    monkeypatch.setattr("pipeline.read.status.status", raiser(SystemExit(signal.SIGTERM)))  # what ray.init installs
     assert cli.main(["status", finished]) == 143
-    monkeypatch.setattr("pipeline.status.status", raiser(SystemExit(4)))
+    monkeypatch.setattr("pipeline.read.status.status", raiser(SystemExit(4)))
     with pytest.raises(SystemExit):
         cli.main(["status", finished])
 

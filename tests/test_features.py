@@ -1,4 +1,4 @@
-"""Readers of committed features (pipeline.features) on a real tiny-model output directory (featurekit)."""
+"""Readers of committed features (pipeline.read.features) on a real tiny-model output directory (featurekit)."""
 from __future__ import annotations
 
 import pickle
@@ -10,7 +10,7 @@ import torch
 
 from featurekit import CLASSES, GHOST, shared_output
 from pipeline.errors import ConfigError
-from pipeline.features import (CLIP_FIELDS, SOURCES, VIDEO_FIELDS, TaskDataset, collate, h5_parts, load_clips,
+from pipeline.read.features import (CLIP_FIELDS, SOURCES, VIDEO_FIELDS, TaskDataset, collate, h5_parts, load_clips,
                                load_videos, lookup_videos, part_urls, read_labels, read_table, video_embeddings)
 
 

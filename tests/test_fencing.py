@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from pipeline import lease as lease_mod
-from pipeline.commit import write_part
+from pipeline.store import lease as lease_mod
+from pipeline.store.commit import write_part
 from pipeline.errors import DamagedOutputError, LeaseLostError
-from pipeline.features import read_table
-from pipeline.lease import WriterLease, alive
-from pipeline.ledger import Ledger
-from pipeline.verify import verify
+from pipeline.read.features import read_table
+from pipeline.store.lease import WriterLease, alive
+from pipeline.store.ledger import Ledger
+from pipeline.read.verify import verify
 
 from conftest import run_cli
 from test_reliability import PROV
@@ -134,7 +134,7 @@ def test_a_record_published_after_the_takeover_does_not_count(tmp_path, monkeypa
 
 
 def test_a_paused_compaction_deletes_nothing_after_a_takeover(tmp_path, monkeypatch):
-    from pipeline import compact as compact_mod
+    from pipeline.store import compaction as compact_mod
 
     out, ids = committed(tmp_path, parts=4)
     files = data_files(out)

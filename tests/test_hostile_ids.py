@@ -16,10 +16,10 @@ import pytest
 
 from pipeline.corpus import load_corpus
 from pipeline.errors import ConfigError
-from pipeline.features import read_table
-from pipeline.ledger import Ledger
-from pipeline.runner import run_extract
-from pipeline.verify import verify
+from pipeline.read.features import read_table
+from pipeline.store.ledger import Ledger
+from pipeline.run.runner import run_extract
+from pipeline.read.verify import verify
 
 from conftest import run_cli
 

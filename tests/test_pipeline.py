@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import schemas
-from pipeline.aggregate import softmax
+from pipeline.run.aggregate import softmax
 from pipeline.decode import decode_clips
-from pipeline.features import read_table
+from pipeline.read.features import read_table
 from pipeline.model import load_timesformer
-from pipeline.runner import run_extract
-from pipeline.transforms import crop, to_model_input
-from pipeline.verify import verify
+from pipeline.run.runner import run_extract
+from pipeline.decode.transforms import crop, to_model_input
+from pipeline.read.verify import verify
 
 from conftest import ray_env, run_cli
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import samples
-from pipeline.clips import plan_cfr
+from pipeline.plan import samples
+from pipeline.plan.clips import plan_cfr
 from pipeline.config import Config
 from pipeline.errors import DecodeError
-from pipeline.probe import contact_sheet, dump_frames, inspect_video
+from pipeline.decode.inspect import contact_sheet, dump_frames, inspect_video
 
 TINY = Config.from_preset("tiny").replace(decode={"timeout_s": 0, "mode": "exact"})
 

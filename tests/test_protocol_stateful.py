@@ -16,8 +16,8 @@ Steps (rules): a new writer claims an epoch and collects garbage; the current wr
 there is none) commits parts (fresh ids, ids of parts that never counted, failed ids retried; parts carry
 failures too); a stale writer commits (it must be refused), or slips its record past the fence check (it
 must not count); a part's files are staged and its writer dies before the record; fold; compaction by
-the current writer or by a new one (`pipeline.compact.compact`, tiny targets); retirement of committed
-videos (`pipeline.retire`: no longer done, rows gone; later redone); garbage collection by the current
+the current writer or by a new one (`pipeline.store.compaction.compact`, tiny targets); retirement of committed
+videos (`pipeline.store.retire`: no longer done, rows gone; later redone); garbage collection by the current
 or a stale writer (with the state it started with). Any writer step may be *killed at its n-th file
 operation*: every mutating storage call of this process (fsspec rm/mv/copy/pipe_file/put_file/makedirs,
 open for write; `os.replace/link/unlink` of local publishes) is counted, and the chosen one raises
@@ -85,20 +85,20 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
-import pipeline.commit as commit_mod
-import pipeline.compact as compact_mod
-import pipeline.features as features_mod
-import pipeline.ledger as ledger_mod
-import pipeline.sinks.publish as publish_mod
-from pipeline import records, segments
-from pipeline.claims import Claims
-from pipeline.commit import PartWriter, write_part
-from pipeline.compact import compact
+import pipeline.store.commit as commit_mod
+import pipeline.store.compaction as compact_mod
+import pipeline.read.features as features_mod
+import pipeline.store.ledger as ledger_mod
+import pipeline.store.publish as publish_mod
+from pipeline.store import records, segments
+from pipeline.store.claims import Claims
+from pipeline.store.commit import PartWriter, write_part
+from pipeline.store.compaction import compact
 from pipeline.errors import DamagedOutputError, LeaseLostError
-from pipeline.features import load_videos, read_table
-from pipeline.ledger import Ledger
-from pipeline.retire import retire
-from pipeline.verify import verify
+from pipeline.read.features import load_videos, read_table
+from pipeline.store.ledger import Ledger
+from pipeline.store.retire import retire
+from pipeline.read.verify import verify
 
 from test_reliability import PROV, s3  # noqa: F401 - the moto S3 server fixture
 

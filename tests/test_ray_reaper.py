@@ -1,6 +1,6 @@
-"""An embedded Ray dies with its driver (issue #16 item 9; pipeline/ray_reaper.py).
+"""An embedded Ray dies with its driver (issue #16 item 9; pipeline/run/ray_reaper.py).
 
-Each test runs a real driver in a subprocess that starts Ray through `pipeline.runner.connect_ray` and the
+Each test runs a real driver in a subprocess that starts Ray through `pipeline.run.runner.connect_ray` and the
 reaper hook, runs one task that starts a grandchild (`sleep`), and writes the (pid, create_time) of every
 process of its Ray session and of the watcher to a file. Whatever a test started is killed by pid (checked
 against create_time) at the end, pass or fail.
@@ -21,8 +21,8 @@ import psutil
 DRIVER = r"""
 import json, os, sys, time
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-from pipeline.runner import connect_ray
-from pipeline.ray_reaper import reap_on_driver_death
+from pipeline.run.runner import connect_ray
+from pipeline.run.ray_reaper import reap_on_driver_death
 import ray, psutil
 
 address, out, mode = sys.argv[1] or None, sys.argv[2], sys.argv[3]
@@ -136,7 +136,7 @@ def test_sigkill_of_vidfeat_extract_leaves_no_process_of_the_run(tmp_path):
     """The whole command as a user runs it: `vidfeat extract` (the supervisor), its driver child and the
     embedded Ray. SIGKILL of the command's pid: within 30 s none of them is left."""
     from conftest import ray_env
-    from pipeline.samples import write_index_video
+    from pipeline.plan.samples import write_index_video
 
     videos = tmp_path / "videos"
     videos.mkdir()

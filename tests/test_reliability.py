@@ -16,13 +16,13 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import samples
+from pipeline.plan import samples
 from pipeline.config import Config
-from pipeline.features import read_table
-from pipeline.ledger import Ledger
-from pipeline.commit import write_part
-from pipeline.runner import run_extract
-from pipeline.verify import verify
+from pipeline.read.features import read_table
+from pipeline.store.ledger import Ledger
+from pipeline.store.commit import write_part
+from pipeline.run.runner import run_extract
+from pipeline.read.verify import verify
 
 from conftest import free_port, ray_env, run_cli, wait_for
 
@@ -276,7 +276,7 @@ def test_upload_killed_mid_part_leaves_nothing_visible(s3, tmp_path):
     with open(big, "wb") as fh:
         fh.truncate(110 * 2**20)                                   # sparse: cheap to make
     url = f"s3://{s3['bucket']}/features/videos/part-x-00000.parquet"
-    code = ("import sys; from pipeline.sinks import publish_file; publish_file(sys.argv[1], sys.argv[2])")
+    code = ("import sys; from pipeline.store.publish import publish_file; publish_file(sys.argv[1], sys.argv[2])")
     env = {**ray_env(), **s3["env"], "VIDFEAT_FAILPOINTS": "publish.upload"}
     died = subprocess.run([sys.executable, "-c", code, str(big), url], env=env, capture_output=True, timeout=300)
     assert died.returncode == -9, died.stderr[-2000:]

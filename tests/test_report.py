@@ -1,4 +1,4 @@
-"""`vidfeat report` (pipeline.report, pipeline.svg, pipeline.thumbnails) on real and hand-made outputs:
+"""`vidfeat report` (pipeline.report.page, pipeline.report.svg, pipeline.report.thumbnails) on real and hand-made outputs:
 what the page holds, tolerant run records, failures only, one video, unreadable videos, fsspec and S3.
 No Ray here; the page in a real browser is tested in test_demo.py."""
 from __future__ import annotations
@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from featurekit import GHOST, shared_output
-from pipeline import svg
+from pipeline.report import svg
 from pipeline.errors import ConfigError
-from pipeline.ledger import Ledger
-from pipeline.neighbours import nearest_videos
-from pipeline.report import failure_groups, gather, neighbour_gallery, render, write_report
-from pipeline.commit import write_part
-from pipeline.samples import write_index_video
-from pipeline.search import VideoIndex
-from pipeline.thumbnails import strip_data_uri, thumbnail_strip
+from pipeline.store.ledger import Ledger
+from pipeline.read.neighbours import nearest_videos
+from pipeline.report.page import failure_groups, gather, neighbour_gallery, render, write_report
+from pipeline.store.commit import write_part
+from pipeline.plan.samples import write_index_video
+from pipeline.read.search import VideoIndex
+from pipeline.report.thumbnails import strip_data_uri, thumbnail_strip
 from test_reliability import PROV, s3  # noqa: F401 - the moto S3 server fixture
 
 from conftest import run_cli

@@ -13,9 +13,9 @@ import pytest
 
 from pipeline.corpus import load_corpus
 from pipeline.errors import ConfigError
-from pipeline.feed import MAX_TASKS, RAMP_REPEAT, VideoSource, task_sizes
-from pipeline.ledger import FOLD_EVERY, Ledger
-from pipeline.ledger_state import LedgerState, replay
+from pipeline.run.feed import MAX_TASKS, RAMP_REPEAT, VideoSource, task_sizes
+from pipeline.store.ledger import FOLD_EVERY, Ledger
+from pipeline.store.ledger_state import LedgerState, replay
 
 from conftest import run_cli
 
@@ -127,7 +127,7 @@ def test_a_fold_killed_between_its_steps_loads_the_same(tmp_path, point):
     ledger = Ledger(out)
     fill(ledger, 4)
     before = ledger.load()
-    script = f"from pipeline.ledger import Ledger; Ledger({out!r}).fold()"
+    script = f"from pipeline.store.ledger import Ledger; Ledger({out!r}).fold()"
     killed = run_cli_python(script, env_extra={"VIDFEAT_FAILPOINTS": point})
     assert killed.returncode == -9, killed.stderr
     assert same_state(before, ledger.load())

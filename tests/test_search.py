@@ -1,4 +1,4 @@
-"""Exact cosine search (pipeline.search): against brute force, self-exclusion, the CLI, class names."""
+"""Exact cosine search (pipeline.read.search): against brute force, self-exclusion, the CLI, class names."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +10,8 @@ import torch
 
 from featurekit import GHOST, shared_output
 from pipeline.errors import ConfigError
-from pipeline.features import load_videos
-from pipeline.search import (VideoIndex, add_search_arguments, cmd_search, rank_classes, read_class_names,
+from pipeline.read.features import load_videos
+from pipeline.read.search import (VideoIndex, add_search_arguments, cmd_search, rank_classes, read_class_names,
                              top_classes)
 
 
@@ -39,8 +39,8 @@ def random_index():
 
 @pytest.fixture(params=["index @ queriesT", "queries @ indexT"])
 def orientation(request, monkeypatch):
-    """Both ways the scores are multiplied (pipeline.search._cosines picks one by batch size)."""
-    monkeypatch.setattr("pipeline.search.SKINNY", 1024 if request.param.startswith("index") else 0)
+    """Both ways the scores are multiplied (pipeline.read.search._cosines picks one by batch size)."""
+    monkeypatch.setattr("pipeline.read.search.SKINNY", 1024 if request.param.startswith("index") else 0)
 
 
 def test_search_equals_brute_force_across_chunks(random_index, orientation):

@@ -9,10 +9,10 @@ import time
 import fsspec
 import pytest
 
-from pipeline import lease as lease_mod
+from pipeline.store import lease as lease_mod
 from pipeline import storage
-from pipeline.lease import WriterLease
-from pipeline.ledger import Ledger
+from pipeline.store.lease import WriterLease
+from pipeline.store.ledger import Ledger
 from pipeline.storage import StorageError
 
 from faultproxy import FaultProxy

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import bilinear
+from pipeline.decode import bilinear
 from pipeline.config import PreprocessConfig
-from pipeline.transforms import crop, crop_offsets, resize_short_side, resized_shape, to_model_input
+from pipeline.decode.transforms import crop, crop_offsets, resize_short_side, resized_shape, to_model_input
 
 
 def _reference_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -99,7 +99,7 @@ def test_resize_is_bit_identical_to_torch_interpolate(hw):
 def test_a_window_of_the_resize_equals_the_crop_of_the_whole_resize(hw):
     """`bilinear.resize(..., window=)` computes only a crop of the output (the decoder's centre crop):
     bit for bit the crop of the whole resize — uint8 and float32, centre and corner windows."""
-    from pipeline import bilinear
+    from pipeline.decode import bilinear
 
     frame = np.random.default_rng(hw[0] + 3 * hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
     out_h, out_w = resized_shape(*hw, 224)

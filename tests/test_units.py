@@ -10,14 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.aggregate import aggregate_video, softmax
+from pipeline.run.aggregate import aggregate_video, softmax
 from pipeline.config import Config
 from pipeline.corpus import read_corpus
 from pipeline.errors import ConfigError
-from pipeline.ledger import Ledger
-from pipeline.collector import INCOMPLETE, VideoCollector
-from pipeline.commit import write_part
-from pipeline.feed import inference_resources
+from pipeline.store.ledger import Ledger
+from pipeline.run.collector import INCOMPLETE, VideoCollector
+from pipeline.store.commit import write_part
+from pipeline.run.feed import inference_resources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -249,7 +249,7 @@ def test_cluster_yaml_declares_what_the_howto100m_job_asks_for():
 
 def test_published_files_are_readable_as_a_plain_open_would_make_them(tmp_path):
     """tempfile makes 0600 files; a teammate who can read the data must be able to read the ledger too."""
-    from pipeline.sinks.publish import file_mode, publish_bytes, publish_file
+    from pipeline.store.publish import file_mode, publish_bytes, publish_file
 
     mask = os.umask(0o022)
     os.umask(mask)

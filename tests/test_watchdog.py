@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import watchdog
+from pipeline.decode import watchdog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET = "test_watchdog:{}"

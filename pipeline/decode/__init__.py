@@ -1,7 +1,7 @@
 """Decode the planned frames of a video, one clip at a time, behind a watchdog.
 
 `decode_clips(uri, config)` yields `Clip`s: uint8 RGB frames [T, H, W, 3] whose short side is already
-`config.preprocess.size` (torch's bilinear, computed without torch by `pipeline.bilinear`), upright (the
+`config.preprocess.size` (torch's bilinear, computed without torch by `pipeline.decode.bilinear`), upright (the
 display rotation of phone videos is applied), not cropped, not normalised (float32 and unrounded instead
 with `preprocess.frame_dtype: float32`); plus the source frames actually used
 and the clip's time span. Memory does not grow with the video: frames are converted and resized only when
@@ -9,7 +9,7 @@ a sample needs them, and at most a few clips are in flight.
 
 How it works, for one video:
 1. `probe_video` demuxes every packet (no decoding) to get the exact presentation timestamps, which
-   gives the frame count and VFR support; `pipeline.clips.plan_clips` turns them into the plan.
+   gives the frame count and VFR support; `pipeline.plan.clips.plan_clips` turns them into the plan.
 2. PyAV decodes in one forward pass. Mode "exact" (selective) lets the decoder skip every
    non-reference frame except the ones the plan needs, so it returns exactly the planned frames for
    about the cost of decoding reference frames only. Mode "fast" skips all non-reference frames and
@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterator
 
-from pipeline.clips import plan_clips
+from pipeline.plan.clips import plan_clips
 from pipeline.config import Config, DecodeConfig
 from pipeline.decode.assembly import Clip, upright
 from pipeline.decode.decord_backend import decord_clips
@@ -46,7 +46,7 @@ from pipeline.decode.pyav import pyav_clips
 from pipeline.decode.source import local_copy
 from pipeline.decode.worker import decode_in_worker
 from pipeline.errors import ConfigError, DecodeError
-from pipeline.transforms import FRAME_DTYPES
+from pipeline.decode.transforms import FRAME_DTYPES
 
 __all__ = ["decode_clips", "probe_video", "decode_local", "local_copy", "upright", "Clip", "VideoInfo",
            "DecodeError", "BACKENDS", "MODES"]

@@ -9,22 +9,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import bilinear
-from pipeline.clips import ClipSpec
+from pipeline.decode import bilinear
+from pipeline.plan.clips import ClipSpec
 from pipeline.config import Config
-from pipeline.transforms import FRAME_DTYPES, crop_offsets, resized_shape
+from pipeline.decode.transforms import FRAME_DTYPES, crop_offsets, resized_shape
 
 log = logging.getLogger(__name__)
 
 @dataclass
 class Clip:
-    """One decoded clip, ready for `pipeline.transforms.to_model_input`.
+    """One decoded clip, ready for `pipeline.decode.transforms.to_model_input`.
 
     frames:        [num_frames, H, W, 3] RGB, short side = preprocess.size, upright; uint8, or float32
                    (0…255, unrounded) when preprocess.frame_dtype is "float32".
     frame_indices: source frame used for each sample (may differ from the plan by ≤ max_snap in fast
                    mode, or where a frame could not be decoded).
-    sample_times, start_s, end_s, valid_frames: as in `pipeline.clips.ClipSpec` (seconds).
+    sample_times, start_s, end_s, valid_frames: as in `pipeline.plan.clips.ClipSpec` (seconds).
     """
 
     video: str

@@ -1,11 +1,11 @@
-"""Decoding in a watchdog worker process (`pipeline.watchdog`), reused across videos: a worker that makes
+"""Decoding in a watchdog worker process (`pipeline.decode.watchdog`), reused across videos: a worker that makes
 no progress for `timeout_s` is killed and the video fails with `DecodeError(kind="timeout")`."""
 from __future__ import annotations
 
 import logging
 from typing import Callable, Iterator
 
-from pipeline import watchdog
+from pipeline.decode import watchdog
 from pipeline.config import Config
 from pipeline.decode.assembly import Clip
 from pipeline.errors import DecodeError

@@ -1,7 +1,10 @@
-"""The TimeSformer network, its checkpoint loading and its presets.
+"""The TimeSformer network (`timesformer`), its checkpoint loading (`checkpoint`, `checkpoint_diagnosis`),
+its inference speed-ups (`accel`) and limits (`limits`); the presets it is built from live in
+`pipeline.presets` (shared with the config) and are re-exported here.
 
-Names are loaded on first use (PEP 562): `pipeline.config` reads the presets through this package, and
-decode workers import the config without torch (`pipeline.model.presets` needs none).
+Names are loaded on first use (PEP 562), so `import pipeline.model` does not import torch.
+May import: config, presets, errors; torch, timm, einops, fsspec. Never a decoder, the store, the run or
+Ray: the model knows nothing of videos, outputs or clusters.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ __all__ = sorted(_WHERE)
 def __getattr__(name: str):
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    where = "pipeline.presets" if _WHERE[name] == "presets" else f"{__name__}.{_WHERE[name]}"
+    return getattr(importlib.import_module(where), name)
 
 
 def __dir__() -> list[str]:

@@ -21,7 +21,7 @@ import torch
 
 from pipeline.errors import CheckpointError
 from pipeline.model.checkpoint_diagnosis import SHOWN, is_zip, preview, some, diagnose  # noqa: F401 - SHOWN re-exported
-from pipeline.model.presets import get_preset
+from pipeline.presets import get_preset
 from pipeline.model.timesformer import TimeSformer, resize_pos_embed, resize_time_embed
 
 log = logging.getLogger(__name__)

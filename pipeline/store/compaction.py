@@ -34,16 +34,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import segments
+from pipeline.store import segments
 from pipeline.errors import DamagedOutputError
 from pipeline.faults import failpoint
-from pipeline.lease import WriterLease
-from pipeline.ledger import Ledger
-from pipeline.ledger_state import LedgerState
-from pipeline.segments import DATA_DIRS
-from pipeline.sinks import hdf5 as hdf5_sink
-from pipeline.sinks.hdf5 import Incompatible
-from pipeline.sinks import publish_file
+from pipeline.store.lease import WriterLease
+from pipeline.store.ledger import Ledger
+from pipeline.store.ledger_state import LedgerState
+from pipeline.store.segments import DATA_DIRS
+from pipeline.store import hdf5 as hdf5_sink
+from pipeline.store.hdf5 import Incompatible
+from pipeline.store.publish import publish_file
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import Config, ModelConfig
-from pipeline.decode_stage import ray_node_id
+from pipeline.run.decode_stage import ray_node_id
 from pipeline.faults import failpoint
-from pipeline.results import to_table
+from pipeline.run.results import to_table
 from pipeline.model import TimeSformer, load_timesformer
 from pipeline.model.accel import cast_matmul_weights_, compiled_forward
 from pipeline.model.limits import forward_clips
-from pipeline.transforms import to_model_input
-from pipeline.upload import ChunkUploader
+from pipeline.decode.transforms import to_model_input
+from pipeline.run.upload import ChunkUploader
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ClipEmbedder:
         log.info("inference actor ready on %s (%s)", self.device_label, self.dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """A batch of decoded clips (and failure rows) → result rows (see pipeline/results.py)."""
+        """A batch of decoded clips (and failure rows) → result rows (see pipeline/run/results.py)."""
         return to_table(self.results(batch))
 
     def results(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

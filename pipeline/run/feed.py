@@ -105,8 +105,8 @@ def build_dataset(todo: Corpus, config: Config):
     """videos → decode (CPU tasks, one clip per yielded batch) → inference (actor pool) → results."""
     import ray
 
-    from pipeline.decode_stage import decode_videos
-    from pipeline.infer import ClipEmbedder
+    from pipeline.run.decode_stage import decode_videos
+    from pipeline.run.infer import ClipEmbedder
 
     ray.data.DataContext.get_current().enable_progress_bars = False   # our progress line replaces them
     plan = Plan(ray.cluster_resources(), config)

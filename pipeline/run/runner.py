@@ -23,18 +23,18 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipeline import results
-from pipeline.collector import VideoCollector
-from pipeline.commit import PartWriter, provenance, write_part
+from pipeline.run import results
+from pipeline.run.collector import VideoCollector
+from pipeline.store.commit import PartWriter, provenance, write_part
 from pipeline.config import Config
-from pipeline.console import Progress, announce
 from pipeline.corpus import Corpus, load_corpus
 from pipeline.errors import ClusterLostError, ConfigError, LeaseLostError, VidfeatError
 from pipeline.faults import failpoint
-from pipeline.feed import build_dataset, inference_resources
-from pipeline.lease import WriterLease
-from pipeline.ledger import Ledger
-from pipeline.sinks import publish_bytes
+from pipeline.run.listener import LoggingListener, RunListener
+from pipeline.run.feed import build_dataset, inference_resources
+from pipeline.store.lease import WriterLease
+from pipeline.store.ledger import Ledger
+from pipeline.store.publish import publish_bytes
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,13 @@ class RunSummary:
         return d
 
 
-def run_extract(source: str, out: str, config: Config, *, progress: bool = True) -> RunSummary:
-    """Extract features for every video of `source` not yet done in `out`. See module doc."""
+def run_extract(source: str, out: str, config: Config, *, listener: RunListener | None = None,
+                progress: bool = True) -> RunSummary:
+    """Extract features for every video of `source` not yet done in `out`. See module doc.
+
+    `listener` hears the run's progress (the CLI passes the console's); without one, progress is logged
+    through `logging` now and then, or not at all with `progress=False`."""
+    listener = listener or (LoggingListener() if progress else RunListener())
     started = time.time()
     summary = RunSummary(run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     sha, fingerprint = _fingerprint(config)
@@ -91,7 +96,7 @@ def run_extract(source: str, out: str, config: Config, *, progress: bool = True)
             pin = (fingerprint, config.feature_fields())
             writer = PartWriter(ledger, summary, provenance(config, sha, fingerprint, summary.run_id),
                                 commit_every=config.run.commit_every, started=started, pin=pin)
-            _stream_until_stopped(todo, config, writer, summary, progress)
+            _stream_until_stopped(todo, config, writer, summary, listener)
             _finish(ledger, config, summary)
         summary.wall_s = time.time() - started
         record = {"source": source, "config": config.to_dict(), "summary": summary.to_dict()}
@@ -127,7 +132,7 @@ def _drift(ledger: Ledger, state, corpus: Corpus, config: Config, summary: RunSu
         log.warning("%d committed video(s) have another uri in the manifest than the one they were made from; "
                     "they keep their features (--redo-changed extracts them again)", changed.num_rows)
         return state
-    from pipeline.retire import retire
+    from pipeline.store.retire import retire
 
     summary.redone_changed = True
     return retire(ledger, state, changed.column("video_id").to_pylist())
@@ -161,24 +166,24 @@ def _check_batch(config: Config) -> None:
 
 
 def _stream_until_stopped(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary,
-                          progress: bool) -> None:
+                          listener: RunListener) -> None:
     """`_stream`, where a stop for the failure rate is recorded in the summary (the run is then folded
     and recorded like any other) instead of raised."""
     try:
-        _stream(todo, config, writer, summary, progress)
+        _stream(todo, config, writer, summary, listener)
     except FailureRateExceeded as exc:
         summary.stopped = str(exc)
 
 
-def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, progress: bool) -> None:
+def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, listener: RunListener) -> None:
     """Run the Ray Data graph over `todo` and commit results as they come."""
     started_ray = connect_ray(config.run.address)
     try:
-        announce(len(todo), summary.total, writer.ledger.out)
+        listener.started(len(todo), summary.total, writer.ledger.out)
         ds = build_dataset(todo, config)
         gc.freeze()                         # what exists now (torch, Ray, the corpus) lives for the run:
                                             # Python's garbage collector stops walking it (measured: -30%)
-        _consume(ds, todo, config, writer, summary, Progress(len(todo), enabled=progress))
+        _consume(ds, todo, config, writer, summary, listener)
         _record_plan(ds, summary)
     except BaseException as exc:
         if started_ray and not isinstance(exc, Exception):         # a signal (SIGTERM, Ctrl-C) or an exit
@@ -215,24 +220,25 @@ def _abandon_ray() -> bool:
     return False
 
 
-def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, bars: Progress) -> None:
+def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary,
+             listener: RunListener) -> None:
     """Iterate the results, commit as parts fill; whatever is complete is committed also when the run
     stops early (an exception, the failure rate)."""
     collector = VideoCollector(todo.table)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             failpoint("driver.result")
-            _take(batch, collector, writer, bars, summary)
+            _take(batch, collector, writer, listener, summary)
             writer.maybe_commit()
             _check_failure_rate(summary, config.run.max_failure_rate, len(todo))
         for event in collector.unfinished():
             writer.add(event)
     finally:
         writer.commit()
-        bars.close()
+        listener.finished()
 
 
-def _take(batch: pa.Table, collector: VideoCollector, writer: PartWriter, bars: Progress,
+def _take(batch: pa.Table, collector: VideoCollector, writer: PartWriter, listener: RunListener,
           summary: RunSummary) -> None:
     """One result block (clip rows of any videos) into the collector, the writer and the summary."""
     summary.decode_s += results.total(batch, "decode_s")
@@ -244,8 +250,8 @@ def _take(batch: pa.Table, collector: VideoCollector, writer: PartWriter, bars: 
     for row in results.rows(batch):
         for event in collector.add(row):
             writer.add(event)
-            bars.video_done(event)
-        bars.clip_done(row)
+            listener.video_done(event)
+        listener.clip_done(row)
 
 
 def _record_plan(ds, summary: RunSummary) -> None:
@@ -258,7 +264,7 @@ def _record_plan(ds, summary: RunSummary) -> None:
 def _finish(ledger: Ledger, config: Config, summary: RunSummary) -> None:
     """Fold this run's records into the ledger's index, then compact small parts (if configured). Both
     are upkeep: the run's videos are committed already, so a failure here is reported, not raised."""
-    from pipeline.compact import compact
+    from pipeline.store.compaction import compact
 
     start = time.perf_counter()
     try:
@@ -297,7 +303,7 @@ def connect_ray(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
         return True
     ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-    from pipeline.ray_reaper import reap_on_driver_death
+    from pipeline.run.ray_reaper import reap_on_driver_death
 
     reap_on_driver_death()                  # an embedded Ray dies with its driver, even by SIGKILL
     return True

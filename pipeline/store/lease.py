@@ -29,7 +29,7 @@ import time
 import uuid
 
 from pipeline.errors import ConfigError, LeaseLostError
-from pipeline.sinks import publish_bytes
+from pipeline.store.publish import publish_bytes
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.compact import Listing, merge_group, merged_name
-from pipeline.ledger import Ledger
-from pipeline.ledger_state import LedgerState
+from pipeline.store.compaction import Listing, merge_group, merged_name
+from pipeline.store.ledger import Ledger
+from pipeline.store.ledger_state import LedgerState
 
 log = logging.getLogger(__name__)
 

@@ -33,13 +33,14 @@ import time
 
 from fsspec.core import url_to_fs
 
-from pipeline import segments
-from pipeline import claims, records, storage
-from pipeline.claims import Claims
+from pipeline.store import segments
+from pipeline import storage
+from pipeline.store import claims, records
+from pipeline.store.claims import Claims
 from pipeline.errors import ConfigError, DamagedOutputError, LeaseLostError
 from pipeline.faults import failpoint
-from pipeline.ledger_state import LedgerState, from_index_table, replay, to_index_table
-from pipeline.sinks import publish_bytes
+from pipeline.store.ledger_state import LedgerState, from_index_table, replay, to_index_table
+from pipeline.store.publish import publish_bytes
 
 log = logging.getLogger(__name__)
 

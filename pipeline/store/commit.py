@@ -9,13 +9,13 @@ import time
 
 import pipeline
 import schemas
-from pipeline import segments
+from pipeline.store import segments
 from pipeline.config import Config
 from pipeline.faults import failpoint
-from pipeline.ledger import FOLD_EVERY, Ledger
-from pipeline.sinks import hdf5 as hdf5_sink
-from pipeline.sinks import parquet as parquet_sink
-from pipeline.sinks import publish_file
+from pipeline.store.ledger import FOLD_EVERY, Ledger
+from pipeline.store import hdf5 as hdf5_sink
+from pipeline.store import parquet as parquet_sink
+from pipeline.store.publish import publish_file
 
 log = logging.getLogger(__name__)
 

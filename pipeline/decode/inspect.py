@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.decode import decode_clips, local_copy, probe_video
-from pipeline.transforms import crop
+from pipeline.decode.transforms import crop
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The short side is scaled to `size` with torch's `F.interpolate(mode="bilinear", align_corners=False)`
 without antialiasing (the long side becomes floor(long · size / short)), then `size`×`size` crops are
 taken with `uniform_crop` offsets, and values are divided by 255 and normalised with (x - mean) / std.
-The decoder resizes on the CPU, without torch (`pipeline.bilinear` reproduces torch's result bit for
+The decoder resizes on the CPU, without torch (`pipeline.decode.bilinear` reproduces torch's result bit for
 bit), and rounds back to uint8 so that clips travel small, or keeps float32 when
 `preprocess.frame_dtype` asks for the official order's exact result; `to_model_input` does the rest with
 torch on whatever device the model lives on. Importing this module does not import torch (decode
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from pipeline import bilinear
+from pipeline.decode import bilinear
 from pipeline.config import PreprocessConfig
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.errors import DecodeError
-from pipeline.transforms import FRAME_DTYPES, crop
+from pipeline.decode.transforms import FRAME_DTYPES, crop
 
 log = logging.getLogger(__name__)
 

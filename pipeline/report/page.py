@@ -5,8 +5,8 @@ the failures grouped by stage and kind with a few examples, histograms of video 
 video, and a nearest-neighbour gallery — for a few videos, thumbnails of the query and of its top-k
 neighbours by cosine similarity of the video embeddings, with the scores.
 
-Self-contained: styles inline, charts as inline SVG (`pipeline.svg`), thumbnails as JPEG data URIs
-(`pipeline.thumbnails`); no script, no link, nothing fetched when it is viewed. Reads through the
+Self-contained: styles inline, charts as inline SVG (`pipeline.report.svg`), thumbnails as JPEG data URIs
+(`pipeline.report.thumbnails`); no script, no link, nothing fetched when it is viewed. Reads through the
 project's readers (committed parts only), on local disk or any fsspec URL. Run records are read
 tolerantly: a missing field shows as "–", an unreadable record as a note.
 """
@@ -21,14 +21,14 @@ from html import escape
 
 import numpy as np
 
-from pipeline import svg
+from pipeline.report import svg
 from pipeline.errors import ConfigError
-from pipeline.features import lookup_videos, read_table
-from pipeline.ledger import Ledger
+from pipeline.read.features import lookup_videos, read_table
+from pipeline.store.ledger import Ledger
 from pipeline.text import printable
-from pipeline.neighbours import nearest_to
-from pipeline.sinks import publish_bytes
-from pipeline.thumbnails import strip_data_uri
+from pipeline.read.neighbours import nearest_to
+from pipeline.store.publish import publish_bytes
+from pipeline.report.thumbnails import strip_data_uri
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def failure_groups(failures: list[dict]) -> list[dict]:
 
 def neighbour_gallery(out: str, queries: int = 4, k: int = 4, video_ids: list[str] | None = None) -> list[dict]:
     """For up to `queries` committed videos spread over the commit order: their k nearest videos (cosine),
-    found one part at a time (pipeline/neighbours.py). `video_ids`: the output's ids in commit order,
+    found one part at a time (pipeline/read/neighbours.py). `video_ids`: the output's ids in commit order,
     when the caller has read them already."""
     ids = video_ids if video_ids is not None else read_table(out, "videos", ["video_id"]).column("video_id").to_pylist()
     picks = sorted(set(np.linspace(0, len(ids) - 1, min(queries, len(ids))).round().astype(int)))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
 from pipeline.text import printable
-from pipeline.features import SOURCES, VideoFeatures, load_videos, lookup_videos
+from pipeline.read.features import SOURCES, VideoFeatures, load_videos, lookup_videos
 
 log = logging.getLogger(__name__)
 

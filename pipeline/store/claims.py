@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import time
 
-from pipeline import records
+from pipeline.store import records
 from pipeline.errors import DamagedOutputError, LeaseLostError
-from pipeline.sinks import publish_bytes
+from pipeline.store.publish import publish_bytes
 
 ACCEPTED = "-accepted"
 

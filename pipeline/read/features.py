@@ -11,12 +11,13 @@ read until used; writing to them never touches the file). Remote HDF5 parts are 
     videos = load_videos(OUT)                          # ids, uris, embedding float32 [N, D]
     clips = load_clips(OUT, source="hdf5")             # ids, offset [N+1], embedding float32 [M, D]
 
-Task-recognition training (`TaskDataset`, `collate`, `read_labels`) lives in pipeline/task_dataset.py and
+Task-recognition training (`TaskDataset`, `collate`, `read_labels`) lives in pipeline/read/task_dataset.py and
 is importable from here too.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.ledger import Ledger
+from pipeline.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,17 @@ SOURCES = ("parquet", "hdf5")
 READ_ATTEMPTS = 5          # a compaction can replace files between reading the ledger and the files
 VIDEO_FIELDS = ("embedding", "logits", "probs")
 CLIP_FIELDS = ("embedding", "logits")
-_TASK_NAMES = ("Labels", "TaskDataset", "collate", "read_labels")      # in pipeline/task_dataset.py
+_TASK_NAMES = ("Labels", "TaskDataset", "collate", "read_labels")      # in pipeline/read/task_dataset.py
 __all__ = ["SOURCES", "VIDEO_FIELDS", "CLIP_FIELDS", "consistent", "part_urls", "iter_tables", "read_table",
            "video_embeddings", "float_matrix", "VideoFeatures", "ClipFeatures", "load_videos", "load_clips",
            "lookup_videos", "H5Part", "h5_parts", *_TASK_NAMES]
 
 
 def __getattr__(name: str):
-    """`from pipeline.features import TaskDataset, collate, read_labels, Labels` keeps working: those
-    live in pipeline/task_dataset.py (imported on first use: it imports this module)."""
-    if name in _TASK_NAMES:
-        from pipeline import task_dataset
-
-        return getattr(task_dataset, name)
+    """`from pipeline.read.features import TaskDataset, collate, read_labels, Labels` keeps working: those
+    live in pipeline/read/task_dataset.py (imported on first use: it imports this module)."""
+    if name in _TASK_NAMES:                 # by name, not an import statement: no import cycle
+        return getattr(importlib.import_module("pipeline.read.task_dataset"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 _OOB_MIN_BYTES = 1 << 20  # buffers this large travel in shared memory, not through the socket
 _MEMFD = hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
-_WORKER_CODE = "import sys; from pipeline.watchdog import worker_main; worker_main(*sys.argv[1:])"
+_WORKER_CODE = "import sys; from pipeline.decode.watchdog import worker_main; worker_main(*sys.argv[1:])"
 
 
 class Stalled(Exception):

@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 
 from pipeline.corpus import load_corpus
 from pipeline.errors import VidfeatError
-from pipeline.ledger import Ledger
+from pipeline.store.ledger import Ledger
 
 
 def last_run(ledger: Ledger) -> dict | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.aggregate import aggregate_video
+from pipeline.run.aggregate import aggregate_video
 
 INCOMPLETE = "incomplete: the pipeline returned no final clip for this video"
 

@@ -3,7 +3,7 @@
     ds = TaskDataset(OUT, "labels.csv")                # clip sequences + video embedding + class index
     loader = DataLoader(ds, batch_size=32, collate_fn=collate)
 
-(Also importable from `pipeline.features`, where they lived first.)
+(Also importable from `pipeline.read.features`, where they lived first.)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.features import SOURCES, h5_parts, load_clips, load_videos
+from pipeline.read.features import SOURCES, h5_parts, load_clips, load_videos
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.features import VideoFeatures, consistent, float_matrix, iter_tables, lookup_videos
-from pipeline.search import Hits, VideoIndex
+from pipeline.read.features import VideoFeatures, consistent, float_matrix, iter_tables, lookup_videos
+from pipeline.read.search import Hits, VideoIndex
 
 
 @consistent

@@ -10,9 +10,9 @@ import collections
 
 import numpy as np
 
-from pipeline import segments
-from pipeline.features import float_matrix
-from pipeline.ledger import Ledger
+from pipeline.store import segments
+from pipeline.read.features import float_matrix
+from pipeline.store.ledger import Ledger
 
 _FLOAT_LISTS = ("embedding", "logits", "probs")        # fixed-size float32 lists → [N, D] arrays
 
