@@ -218,3 +218,23 @@ def test_collate_pads_and_masks(kit):
         assert not batch["clips"][i, n:].any() and not batch["mask"][i, n:].any()
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate, shuffle=False)
     assert sum(len(x["label"]) for x in loader) == len(ds)
+
+
+def test_readers_that_call_each_other_share_one_retry_layer():
+    from pipeline.read.parts import READ_ATTEMPTS, consistent
+
+    calls = {"inner": 0, "outer": 0}
+
+    @consistent
+    def inner():
+        calls["inner"] += 1
+        raise FileNotFoundError("replaced by a compaction")
+
+    @consistent
+    def outer():
+        calls["outer"] += 1
+        return inner()
+
+    with pytest.raises(FileNotFoundError):
+        outer()
+    assert calls == {"inner": READ_ATTEMPTS, "outer": READ_ATTEMPTS}      # not READ_ATTEMPTS² tries

@@ -1,6 +1,6 @@
 """An embedded Ray dies with its driver (issue #16 item 9; pipeline/run/ray_reaper.py).
 
-Each test runs a real driver in a subprocess that starts Ray through `pipeline.run.runner.connect_ray` and the
+Each test runs a real driver in a subprocess that starts Ray through `pipeline.run.cluster.connect_ray` and the
 reaper hook, runs one task that starts a grandchild (`sleep`), and writes the (pid, create_time) of every
 process of its Ray session and of the watcher to a file. Whatever a test started is killed by pid (checked
 against create_time) at the end, pass or fail.
@@ -21,7 +21,7 @@ import psutil
 DRIVER = r"""
 import json, os, sys, time
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-from pipeline.run.runner import connect_ray
+from pipeline.run.cluster import connect_ray
 from pipeline.run.ray_reaper import reap_on_driver_death
 import ray, psutil
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.decode import watchdog
+from pipeline.decode import transport, watchdog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET = "test_watchdog:{}"
@@ -79,7 +79,7 @@ def test_items_arrive_whole_and_large_arrays_through_shared_memory(pool):
             assert item["frames"].shape == want and np.array_equal(item["frames"], expected)
             assert np.array_equal(item["small"], np.arange(5) * i)
             assert np.array_equal(item["strided"], np.arange(20)[::2])
-    if watchdog._MEMFD:
+    if transport.MEMFD:
         arr = large[0]["frames"]
         assert _backed_by_mmap(arr) and not _backed_by_mmap(small[0]["frames"])
         arr[1, 1, 1, 0] = 255                        # the caller owns its copy: writable, private to it

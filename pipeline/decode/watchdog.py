@@ -7,9 +7,7 @@ turns that into a heartbeat at most every `_TICK_S`. A worker that sends nothing
 killed and `Stalled` is raised; one that dies raises `Crashed`. Exceptions the target raises are re-raised
 in the caller, and the worker goes back to the pool for the next job.
 
-Items are pickled with protocol 5; large contiguous buffers in them (numpy arrays: a clip of frames is
-tens of MB) are written to anonymous shared memory (`memfd_create`) whose descriptors travel over the
-socket, and the caller's arrays map that memory: one copy in all instead of five through the socket.
+Items travel as `pipeline.decode.transport` sends them: large buffers in shared memory, one copy in all.
 
 Workers are started with `python -c` (they neither fork the caller, which may be multi-threaded, nor
 re-import its `__main__`), run an init function once (imports, thread settings) before they report
@@ -21,9 +19,7 @@ import atexit
 import contextlib
 import importlib
 import logging
-import mmap
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -32,14 +28,14 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterator
 
+from pipeline.decode.transport import picklable, send_item, unpack
+
 _PREFETCH = 2            # items a worker may produce ahead of the consumer
 _TICK_S = 1.0            # heartbeat period of a busy worker
 MAX_IDLE_WORKERS = 2     # idle workers a pool keeps for reuse
 _STARTUP_TIMEOUT_S = 300.0
 log = logging.getLogger(__name__)
 
-_OOB_MIN_BYTES = 1 << 20  # buffers this large travel in shared memory, not through the socket
-_MEMFD = hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
 _WORKER_CODE = "import sys; from pipeline.decode.watchdog import worker_main; worker_main(*sys.argv[1:])"
 
 
@@ -113,7 +109,7 @@ class _Worker:
         """One message; an item's shared-memory buffers are received and mapped with it."""
         msg = self.conn.recv()
         if msg[0] == "item":
-            msg = ("item", _unpack(msg[1], msg[2], self.sock))
+            msg = ("item", unpack(msg[1], msg[2], self.sock))
         return msg
 
     def stop(self, job: int) -> bool:
@@ -258,84 +254,13 @@ def _serve(conn: Connection, sock: socket.socket, job: int, target: str, args: t
         with contextlib.closing(_resolve(target)(*args, progress=progress)) as items:
             for item in items:
                 control(block=True)
-                _send_item(conn, sock, item)
+                send_item(conn, sock, item)
                 credits[0] -= 1
         conn.send(("end",))
     except _Stopped:
         conn.send(("stopped",))
     except Exception as exc:
-        conn.send(("error", _picklable(exc)))
-
-
-def _send_item(conn: Connection, sock: socket.socket, item: Any) -> None:
-    """Pickle `item`, its large buffers out of band in shared memory: ("item", pickle, sizes) + the fds."""
-    large: list[pickle.PickleBuffer] = []
-
-    def out_of_band(buf: pickle.PickleBuffer) -> bool:         # False: out of band
-        try:
-            size = buf.raw().nbytes
-        except BufferError:                                       # not contiguous: in band
-            return True
-        if not _MEMFD or size < _OOB_MIN_BYTES:
-            return True
-        large.append(buf)
-        return False
-
-    data = pickle.dumps(item, protocol=5, buffer_callback=out_of_band)
-    fds: list[int] = []
-    try:
-        for buf in large:
-            fds.append(_to_memfd(buf.raw()))
-    except OSError as exc:                    # no shared memory here (a sandbox, a full tmpfs): in band
-        for fd in fds:
-            os.close(fd)
-        log.warning("shared memory unavailable (%s); sending %d bytes through the socket", exc,
-                    sum(buf.raw().nbytes for buf in large))
-        data, large, fds = pickle.dumps(item, protocol=5), [], []
-    try:
-        conn.send(("item", data, [buf.raw().nbytes for buf in large]))
-        if fds:
-            socket.send_fds(sock, [b"F"], fds)
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _to_memfd(view: memoryview) -> int:
-    fd = os.memfd_create("vidfeat-item", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, view.nbytes)
-        with mmap.mmap(fd, view.nbytes) as mem:
-            mem[:] = view.cast("B")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _unpack(data: bytes, sizes: list[int], sock: socket.socket) -> Any:
-    """The item `_send_item` sent: its shared-memory buffers mapped (freed with the last array using them)."""
-    buffers = []
-    if sizes:
-        _, fds, _, _ = socket.recv_fds(sock, 1, len(sizes))
-        try:
-            if len(fds) != len(sizes):
-                raise OSError(f"expected {len(sizes)} shared buffers from the worker, got {len(fds)}")
-            buffers = [mmap.mmap(fd, size) for fd, size in zip(fds, sizes)]
-        finally:
-            for fd in fds:
-                os.close(fd)
-    return pickle.loads(data, buffers=buffers)
-
-
-def _picklable(exc: Exception) -> Exception:
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
+        conn.send(("error", picklable(exc)))
 
 
 def _die_with_parent(spawned_by_main_thread: bool) -> None:

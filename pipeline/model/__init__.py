@@ -12,7 +12,7 @@ import importlib
 
 _WHERE = {
     "check_checkpoint": "checkpoint", "checkpoint_sha256": "checkpoint", "load_timesformer": "checkpoint",
-    "random_timesformer": "checkpoint", "to_timesformer_keys": "checkpoint", "DEFAULT_PRESET": "presets",
+    "random_timesformer": "checkpoint", "to_timesformer_keys": "checkpoint_keys", "DEFAULT_PRESET": "presets",
     "PRESETS": "presets", "Preset": "presets", "get_preset": "presets", "TimeSformer": "timesformer",
 }
 __all__ = sorted(_WHERE)

@@ -16,7 +16,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.run import results
+from pipeline.run.cluster import abandon_ray, cluster_failure, connect_ray
 from pipeline.run.collector import VideoCollector
 from pipeline.store.commit import PartWriter, provenance, write_part
 from pipeline.config import Config
@@ -187,9 +187,9 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
         _record_plan(ds, summary)
     except BaseException as exc:
         if started_ray and not isinstance(exc, Exception):         # a signal (SIGTERM, Ctrl-C) or an exit
-            started_ray = _abandon_ray()
-        if _cluster_failure(exc):
-            started_ray = started_ray and _abandon_ray()
+            started_ray = abandon_ray()
+        if cluster_failure(exc):
+            started_ray = started_ray and abandon_ray()
             raise ClusterLostError(f"the Ray cluster failed under the run ({type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         raise
@@ -199,25 +199,6 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
             import ray
 
             ray.shutdown()
-
-
-def _cluster_failure(exc: BaseException) -> bool:
-    """Whether `exc` is Ray failing (a raylet, the GCS, a node, an object lost), not a task's own error."""
-    import ray.exceptions
-
-    return isinstance(exc, ray.exceptions.RayError) and not isinstance(exc, ray.exceptions.RayTaskError)
-
-
-def _abandon_ray() -> bool:
-    """Leave an embedded Ray without `ray.shutdown()`: after a signal to the whole process group its
-    processes are going too, and shutting down a Ray whose GCS is gone aborts natively (exit 134) before
-    the lease is released. The reaper (ray_reaper.py) ends whatever is left once this process exits."""
-    import atexit
-
-    import ray
-
-    atexit.unregister(ray.shutdown)
-    return False
 
 
 def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary,
@@ -286,30 +267,3 @@ def _check_failure_rate(summary: RunSummary, max_rate: float, todo: int) -> None
         raise FailureRateExceeded(
             f"{summary.failed} of {seen} videos failed ({summary.failed / seen:.0%}), more than "
             f"--max-failure-rate {max_rate:.0%}; stopping. Committed videos are kept; see failures/.")
-
-
-def connect_ray(address: str | None) -> bool:
-    """Join the cluster at `address` / RAY_ADDRESS, else start an embedded local Ray bound to 127.0.0.1.
-    Returns True when this call started or joined Ray (and so must shut down / disconnect)."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address.split("://")[-1].rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
-        # single node on loopback; Ray reads this when it is first imported
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
-        return True
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-    from pipeline.run.ray_reaper import reap_on_driver_death
-
-    reap_on_driver_death()                  # an embedded Ray dies with its driver, even by SIGKILL
-    return True
-
-
-def forwarded_env() -> dict[str, str]:
-    """The driver's VIDFEAT_* and FSSPEC_* variables (failpoints, storage settings such as an S3
-    endpoint), passed on to the cluster's workers: on a cluster they do not inherit the driver's env."""
-    return {k: v for k, v in os.environ.items() if k.startswith(("VIDFEAT_", "FSSPEC_"))}

@@ -37,8 +37,9 @@ from pipeline.store import segments
 from pipeline import storage
 from pipeline.store import claims, records
 from pipeline.store.claims import Claims
-from pipeline.errors import ConfigError, DamagedOutputError, LeaseLostError
+from pipeline.errors import ConfigError, LeaseLostError
 from pipeline.faults import failpoint
+from pipeline.store.pinning import Pinned
 from pipeline.store.ledger_state import LedgerState, from_index_table, replay, to_index_table
 from pipeline.store.publish import publish_bytes
 
@@ -57,7 +58,7 @@ def _damage_kinds() -> tuple:
 DAMAGE = _damage_kinds()
 
 
-class Ledger:
+class Ledger(Pinned):
     """The ledger of output directory `out` (local path or fsspec URL)."""
 
     def __init__(self, out: str):
@@ -254,33 +255,6 @@ class Ledger:
     def committed_files(self, sub: str, state: LedgerState | None = None) -> list[str]:
         """Files of live segments under `sub` (videos, clips, hdf5, failures), in commit order."""
         return segments.live_files(self, sub, state)
-
-    def check_fingerprint(self, fingerprint: str, config: dict | None = None) -> None:
-        """Refuse `fingerprint` when the output is pinned to another one (run.json)."""
-        pinned = self._pinned()
-        if pinned is not None and pinned["fingerprint"] != fingerprint:
-            raise ConfigError(
-                f"{self.out} holds features made with another configuration (fingerprint "
-                f"{pinned['fingerprint']}, this run {fingerprint}): what changes features — model, "
-                f"checkpoint, sampling, preprocessing, decode mode — must stay the same; "
-                f"write to a new output directory instead. Pinned: {json.dumps(pinned.get('features'))}")
-
-    def pin(self, fingerprint: str, config: dict) -> None:
-        """Pin `fingerprint` in run.json (exclusively: the first commit does it), or check it."""
-        data = json.dumps({"fingerprint": fingerprint, "features": config}, indent=2).encode()
-        try:
-            publish_bytes(data, self.url("run.json"), exclusive=True)
-        except FileExistsError:
-            self.check_fingerprint(fingerprint)
-
-    def _pinned(self) -> dict | None:
-        try:
-            return json.loads(self.fs.cat_file(self.path("run.json")))
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise DamagedOutputError(f"{self.url('run.json')} cannot be read ({exc}): restore it, or delete "
-                                     f"it if this output holds no committed video") from None
 
     def check_reachable(self) -> None:
         """Refuse (exit 2) an object-store output whose bucket does not exist or cannot be listed."""
