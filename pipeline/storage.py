@@ -25,8 +25,8 @@ import time
 log = logging.getLogger(__name__)
 
 FINAL = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
-GUARDED = ("ls", "cat_file", "pipe_file", "put_file", "rm", "rm_file", "mv", "copy", "exists", "info", "find",
-           "glob", "makedirs", "isdir", "isfile", "size", "du")
+GUARDED = ("ls", "cat_file", "pipe_file", "put_file", "get_file", "rm", "rm_file", "mv", "copy", "exists", "info",
+           "find", "glob", "makedirs", "isdir", "isfile", "size", "du")
 
 
 class StorageError(OSError):

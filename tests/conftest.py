@@ -7,6 +7,7 @@ the CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -41,19 +42,54 @@ def ray_env() -> dict:
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """A `ray start --head` cluster on 127.0.0.1: {"address", "dashboard"}; stopped after the session."""
+    """A `ray start --head` cluster on 127.0.0.1: {"address", "dashboard"}; stopped after the session.
+
+    It runs with `--block` in a session of its own, so that what this test session started is exactly
+    that process and its descendants, and only they are stopped (`stop_tree`): never `ray stop`, which
+    stops every Ray on the machine, a user's own cluster and another test run included."""
     if shutil.which("ray") is None:
         pytest.fail("the `ray` command is missing: install the package with its dependencies")
     temp = tmp_path_factory.mktemp("ray")
     port, dash = free_port(), free_port()
-    cmd = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--num-gpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
            f"--temp-dir={temp}", "--disable-usage-stats"]
-    subprocess.run(cmd, check=True, env=ray_env(), capture_output=True, timeout=180)
+    head = subprocess.Popen(cmd, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+        address = f"127.0.0.1:{port}"
+        assert wait_for(lambda: head.poll() is not None or _head_up(address), timeout=180), "ray head did not start"
+        assert head.poll() is None, f"`ray start --head` exited with {head.returncode}"
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=ray_env(), capture_output=True, timeout=120)
+        stop_tree(head)
+
+
+def _head_up(address: str) -> bool:
+    """Whether the head's GCS answers and its node is registered (`ray status` succeeds)."""
+    return subprocess.run(["ray", "status", f"--address={address}"], env=ray_env(), capture_output=True,
+                          timeout=60).returncode == 0
+
+
+def stop_tree(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM `proc` and every process descending from it now, then SIGKILL what is left after
+    `grace_s` (Ray's agents can ignore SIGTERM for a minute): what a test started, and nothing else."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    proc.wait(timeout=grace_s)
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +128,47 @@ def wait_for(predicate, timeout: float = 240, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+# --- object storage: moto's S3 server on 127.0.0.1 (one server per test module that asks) -----------
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 and the environment that points fsspec/s3fs at it."""
+    pytest.importorskip("s3fs")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # fsspec's own env config (FSSPEC_S3_*): the driver forwards it to the cluster's workers
+    env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "FSSPEC_S3_KEY": "testing",
+           "FSSPEC_S3_SECRET": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    import urllib.request
+
+    def up():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200
+        except OSError:
+            return False
+
+    old = {k: os.environ.get(k) for k in env}
+    try:
+        assert wait_for(up, timeout=60), "moto server did not start"
+        os.environ.update(env)
+        import fsspec
+
+        conf = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"], "key": "testing", "secret": "testing"}
+        fsspec.config.conf["s3"] = conf                                   # this process, too
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **conf)
+        fs.mkdir("vidfeat-test")
+        yield {"env": env, "fs": fs, "bucket": "vidfeat-test"}
+    finally:
+        import fsspec
+
+        fsspec.config.conf.pop("s3", None)
+        server.kill()
+        server.wait()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -27,7 +27,6 @@ from pipeline.store.ledger import Ledger
 from pipeline.read.verify import verify
 
 from conftest import run_cli
-from test_reliability import s3  # noqa: F401 - the moto S3 server fixture
 
 PROV = {"checkpoint_sha256": "x", "preset": "tiny", "sampling": "4x8@30fps", "preprocessing": "p", "decode": "d",
         "fingerprint": "f", "schema_version": 1, "code_version": "0", "run_id": "r"}
@@ -205,7 +204,7 @@ def test_the_lease_of_a_killed_writer_does_not_block_the_next(output):
 
 
 @pytest.mark.parametrize("point", ["compact.record@1", "compact.publish@1", "fold.records"])
-def test_compaction_on_object_storage_killed_then_finished(s3, tmp_path, point):  # noqa: F811 - the fixture
+def test_compaction_on_object_storage_killed_then_finished(s3, tmp_path, point):
     local = str(tmp_path / "out")
     build_output(local, parts=6)
     url = f"s3://{s3['bucket']}/compact-{point.replace('@', '-').replace('.', '-')}"

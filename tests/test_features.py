@@ -238,3 +238,18 @@ def test_readers_that_call_each_other_share_one_retry_layer():
     with pytest.raises(FileNotFoundError):
         outer()
     assert calls == {"inner": READ_ATTEMPTS, "outer": READ_ATTEMPTS}      # not READ_ATTEMPTS² tries
+
+
+def test_verify_lists_each_folder_once_and_loads_the_ledger_only_to_confirm_it(kit, monkeypatch):
+    from pipeline.read.verify import verify
+    from pipeline.store.ledger import Ledger
+
+    loads, listings = [], []
+    load, ls = Ledger.load, Ledger.ls
+    monkeypatch.setattr(Ledger, "load", lambda self, *a, **k: loads.append(1) or load(self, *a, **k))
+    monkeypatch.setattr(Ledger, "ls", lambda self, sub, *a, **k: listings.append(sub) or ls(self, sub, *a, **k))
+    report = verify(kit.out)
+    assert report["ok"] and report["videos"] > 0
+    assert len(loads) == 2                                # the state, and the load that confirms the listing
+    data = [sub for sub in listings if sub in ("videos", "clips", "hdf5", "failures")]
+    assert sorted(data) == ["clips", "failures", "hdf5", "videos"]          # each data folder listed once

@@ -100,7 +100,7 @@ from pipeline.store.ledger import Ledger
 from pipeline.store.retire import retire
 from pipeline.read.verify import verify
 
-from test_reliability import PROV, s3  # noqa: F401 - the moto S3 server fixture
+from test_reliability import PROV
 
 EXAMPLES = int(os.environ.get("VIDFEAT_STATEFUL_EXAMPLES") or 0)
 LOCAL = (EXAMPLES, 60) if EXAMPLES else (20, 30)          # (examples, steps per example)
@@ -998,7 +998,7 @@ def test_commit_protocol_on_local_disk(tmp_path, monkeypatch):
     run_state_machine_as_test(machine, settings=_settings(*LOCAL))
 
 
-def test_commit_protocol_on_s3(s3, monkeypatch):  # noqa: F811 - the fixture
+def test_commit_protocol_on_s3(s3, monkeypatch):
     machine = _machine(monkeypatch, lambda: f"s3://{s3['bucket']}/stateful-{uuid.uuid4().hex[:8]}")
     assert_counted(f"s3://{s3['bucket']}/x")
     run_state_machine_as_test(machine, settings=_settings(*S3))
@@ -1166,7 +1166,7 @@ def test_g_a_retired_video_that_once_failed_is_extracted_again(tmp_path):
     assert _rebuilt(out).pending(["a", "x"]) == ["x"]
 
 
-def test_h_archiving_what_another_fold_archived_is_harmless_on_s3(s3):  # noqa: F811 - the fixture
+def test_h_archiving_what_another_fold_archived_is_harmless_on_s3(s3):
     out = f"s3://{s3['bucket']}/known-h-{uuid.uuid4().hex[:8]}"
     writer = Ledger(out)
     writer.claim()

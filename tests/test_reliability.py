@@ -24,7 +24,7 @@ from pipeline.store.commit import write_part
 from pipeline.run.runner import run_extract
 from pipeline.read.verify import verify
 
-from conftest import free_port, ray_env, run_cli, wait_for
+from conftest import free_port, ray_env, run_cli
 
 # name → expected outcome: "ok" (features) or the DecodeError kind that must open the failure's error
 CATALOGUE = {
@@ -202,48 +202,6 @@ def test_verify_catches_non_finite_values(tmp_path):
 
 
 # --- object storage: moto's S3 server on 127.0.0.1 -------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server on 127.0.0.1 and the environment that points fsspec/s3fs at it."""
-    pytest.importorskip("s3fs")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # fsspec's own env config (FSSPEC_S3_*): the driver forwards it to the cluster's workers
-    env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "FSSPEC_S3_KEY": "testing",
-           "FSSPEC_S3_SECRET": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    import urllib.request
-
-    def up():
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200
-        except OSError:
-            return False
-
-    old = {k: os.environ.get(k) for k in env}
-    try:
-        assert wait_for(up, timeout=60), "moto server did not start"
-        os.environ.update(env)
-        import fsspec
-
-        conf = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"], "key": "testing", "secret": "testing"}
-        fsspec.config.conf["s3"] = conf                                   # this process, too
-        fs = fsspec.filesystem("s3", skip_instance_cache=True, **conf)
-        fs.mkdir("vidfeat-test")
-        yield {"env": env, "fs": fs, "bucket": "vidfeat-test"}
-    finally:
-        import fsspec
-
-        fsspec.config.conf.pop("s3", None)
-        server.kill()
-        server.wait()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
 
 def test_s3_in_and_out_with_resume_and_a_crash_between_data_and_ledger(s3, ray_head, corpus, tmp_path):
     fs, bucket = s3["fs"], s3["bucket"]

@@ -22,7 +22,7 @@ from pipeline.store.commit import write_part
 from pipeline.plan.samples import write_index_video
 from pipeline.read.search import VideoIndex
 from pipeline.report.thumbnails import strip_data_uri, thumbnail_strip
-from test_reliability import PROV, s3  # noqa: F401 - the moto S3 server fixture
+from test_reliability import PROV
 
 from conftest import run_cli
 
@@ -121,6 +121,17 @@ def test_neighbours_part_by_part_equal_the_whole_index(tmp_path):
     assert nearest_videos(out, [], k=3).ids == []
 
 
+def test_each_part_is_searched_once_for_all_queries(tmp_path, monkeypatch):
+    videos = {f"v{i:02d}": f"/videos/{i}.mp4" for i in range(23)}
+    out = hand_made_output(tmp_path, videos, [], sizes=(1, 7, 1, 2, 12))
+    calls = []
+    search = VideoIndex.search
+    monkeypatch.setattr(VideoIndex, "search", lambda self, q, *a, **kw: calls.append(len(q)) or search(self, q, *a, **kw))
+    nearest_videos(out, ["v00", "v08", "v10", "v22"], k=5)
+    # 5 parts; in the 4 that hold a query the queries inside and the others go separately
+    assert len(calls) == 5 + 4 and sum(calls) == 5 * 4
+
+
 def test_failure_groups_count_by_stage_and_kind():
     failures = [{"video_id": f"v{i}", "stage": "decode", "error": f"not_found: no file {i}"} for i in range(5)]
     failures += [{"video_id": "x", "stage": "infer", "error": "unexpected: RuntimeError: boom"},
@@ -194,7 +205,7 @@ def test_memory_filesystem_in_and_out(kit):
         fs.rm("/report-copy", recursive=True)
 
 
-def test_s3_output(s3, kit):  # noqa: F811 - the fixture
+def test_s3_output(s3, kit):
     s3["fs"].put(kit.out, f"{s3['bucket']}/report/out", recursive=True)
     url = f"s3://{s3['bucket']}/report/out"
     run_record(url, "20260101T000000-aaaaaa", FULL)

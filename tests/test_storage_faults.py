@@ -17,7 +17,6 @@ from pipeline.storage import StorageError
 
 from faultproxy import FaultProxy
 from test_fencing import commit
-from test_reliability import s3  # noqa: F401 - the moto fixture
 
 
 @pytest.fixture
@@ -61,7 +60,7 @@ def test_final_answers_are_not_retried_and_transient_ones_are(quick):
 
 
 @pytest.fixture
-def proxied(s3):  # noqa: F811 - the fixture
+def proxied(s3):
     proxy = FaultProxy(int(s3["env"]["FSSPEC_S3_ENDPOINT_URL"].rsplit(":", 1)[1]))
     conf = fsspec.config.conf["s3"]
     saved = conf["endpoint_url"]
@@ -110,7 +109,7 @@ def wait(predicate, timeout: float) -> bool:
     return predicate()
 
 
-def test_a_bucket_that_does_not_exist_is_a_usage_error(s3, corpus):  # noqa: F811 - the fixture
+def test_a_bucket_that_does_not_exist_is_a_usage_error(s3, corpus):
     from conftest import run_cli
 
     result = run_cli("compact", "s3://no-such-bucket-here/out", env_extra=s3["env"], timeout=120)

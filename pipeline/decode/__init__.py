@@ -43,13 +43,13 @@ from pipeline.decode.assembly import Clip, upright
 from pipeline.decode.decord_backend import decord_clips
 from pipeline.decode.probing import VideoInfo, probe_local
 from pipeline.decode.pyav import pyav_clips
-from pipeline.decode.source import local_copy
+from pipeline.decode.source import local_copy, open_video
 from pipeline.decode.worker import decode_in_worker
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.decode.transforms import FRAME_DTYPES
 
-__all__ = ["decode_clips", "probe_video", "decode_local", "local_copy", "upright", "Clip", "VideoInfo",
-           "DecodeError", "BACKENDS", "MODES"]
+__all__ = ["decode_clips", "probe_video", "decode_local", "local_copy", "open_video", "upright", "Clip",
+           "VideoInfo", "DecodeError", "BACKENDS", "MODES"]
 
 log = logging.getLogger(__name__)
 

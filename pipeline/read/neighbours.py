@@ -26,23 +26,28 @@ def nearest_videos(out: str, video_ids: Sequence[str], k: int = 10) -> Hits:
 
 
 def nearest_to(out: str, queries: VideoFeatures, k: int = 10) -> Hits:
-    """`nearest_videos` for query videos already looked up (`lookup_videos(..., fields=("embedding",))`)."""
+    """`nearest_videos` for query videos already looked up (`lookup_videos(..., fields=("embedding",))`).
+    Each part is searched once for all the queries (twice when some of them are in it: a search leaves
+    out one row per query, and caps k for all of its queries when it does)."""
     best: list[list[tuple]] = [[] for _ in queries.ids]       # per query: (score, id, uri, row), best first
     offset = 0
     for table in iter_tables(out, "videos", ["video_id", "uri", "embedding"]):
         if table.num_rows:
             index = VideoIndex(table.column("video_id").to_pylist(), float_matrix(table.column("embedding")),
                                table.column("uri").to_pylist())
-            for q, vid in enumerate(queries.ids):
-                hits = index.search(queries.embedding[q], k, exclude=[index.row.get(vid, -1)])
-                best[q] = _merge(best[q], hits, offset, k)
+            rows = np.array([index.row.get(vid, -1) for vid in queries.ids], np.int64)
+            for group in np.flatnonzero(rows >= 0), np.flatnonzero(rows < 0):
+                if len(group):
+                    hits = index.search(queries.embedding[group], k, exclude=rows[group])
+                    for i, q in enumerate(group):
+                        best[q] = _merge(best[q], hits, i, offset, k)
             offset += table.num_rows
     return Hits([[h[1] for h in b] for b in best], [[h[2] for h in b] for b in best],
                 np.array([[h[0] for h in b] for b in best], np.float32).reshape(len(best), -1),
                 np.array([[h[3] for h in b] for b in best], np.int64).reshape(len(best), -1))
 
 
-def _merge(best: list[tuple], hits: Hits, offset: int, k: int) -> list[tuple]:
-    """A query's best hits so far and one part's hits (a single query) → the best k of both."""
-    found = zip(hits.scores[0].tolist(), hits.ids[0], hits.uris[0], (hits.indices[0] + offset).tolist())
+def _merge(best: list[tuple], hits: Hits, i: int, offset: int, k: int) -> list[tuple]:
+    """A query's best hits so far and its hits in one part (row `i` of `hits`) → the best k of both."""
+    found = zip(hits.scores[i].tolist(), hits.ids[i], hits.uris[i], (hits.indices[i] + offset).tolist())
     return sorted([*best, *found], key=lambda h: -h[0])[:k]

@@ -21,16 +21,16 @@ def verify(out: str) -> dict:
     """A report {"ok", "problems": [...], "videos", "clips", "parts", "leftovers"}; never raises on bad
     content. `leftovers` (files no live part owns) are reported without failing the check."""
     ledger = Ledger(out)
-    state = ledger.load()
-    listed = {sub: {segments.parse(p.rsplit("/", 1)[-1])[0]: p for p in ledger.committed_files(sub, state)}
-              for sub in segments.DATA_DIRS}
+    state, entries = segments.listing(ledger)              # each folder listed once, the state confirmed
+    listed = {sub: {segments.parse(p.rsplit("/", 1)[-1])[0]: p for p in segments.live(state, paths)}
+              for sub, paths in entries.items()}
     found = _Found()
     for part in sorted(state.segments):
         found.check(ledger, part, {sub: listed[sub].get(part) for sub in ("videos", "clips", "hdf5")},
                     part in listed["failures"])
     problems = found.problems + found.identity_problems(state.done)
     return {"out": out, "ok": not problems, "problems": problems, "videos": sum(found.parquet.values()),
-            "clips": found.clips, "parts": len(state.segments), "leftovers": _leftovers(ledger, listed)}
+            "clips": found.clips, "parts": len(state.segments), "leftovers": _leftovers(entries, listed)}
 
 
 class _Found:
@@ -71,11 +71,11 @@ class _Found:
         return problems
 
 
-def _leftovers(ledger: Ledger, listed: dict[str, dict[str, str]]) -> list[str]:
+def _leftovers(entries: dict[str, list[str]], listed: dict[str, dict[str, str]]) -> list[str]:
     """Files in the data folders that belong to no live segment: left by a run or compaction that was
     killed; our readers ignore them and the next run deletes them, but a glob would read them."""
     live = {path for files in listed.values() for path in files.values()}
-    return sorted(p for sub in segments.DATA_DIRS for p in ledger.ls(sub) if p not in live)
+    return sorted(p for paths in entries.values() for p in paths if p not in live)
 
 
 def _read_part(ledger: Ledger, files: dict) -> tuple[dict, dict, dict]:

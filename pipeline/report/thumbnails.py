@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from pipeline.decode import local_copy, probe_video, upright
+from pipeline.decode import local_copy, open_video, probe_video, upright
 from pipeline.errors import DecodeError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _frames_at(path: str, times: list[float], video: str) -> list[np.ndarray]:
     import av
 
     try:
-        with av.open(path, metadata_errors="ignore") as container:
+        with open_video(path, video) as container:            # typed errors: not_found, corrupt, no video…
             stream = container.streams.video[0]
             return [_frame_after(container, stream, t) for t in times]
     except av.error.FFmpegError as exc:

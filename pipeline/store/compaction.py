@@ -41,6 +41,7 @@ from pipeline.store.lease import WriterLease
 from pipeline.store.ledger import Ledger
 from pipeline.store.ledger_state import LedgerState
 from pipeline.store.segments import DATA_DIRS
+from pipeline import storage
 from pipeline.store import hdf5 as hdf5_sink
 from pipeline.store.hdf5 import Incompatible
 from pipeline.store.publish import publish_file
@@ -206,5 +207,17 @@ def _read_member(ledger: Ledger, path: str) -> pa.Table:
 
 
 def _merge_hdf5(ledger: Ledger, members: list[str], local: str, drop: frozenset = frozenset()) -> None:
-    """Concatenate HDF5 parts in order, leaving out the `drop` ids (sinks/hdf5.py: merge)."""
-    hdf5_sink.merge(lambda path: ledger.fs.open(path, "rb"), members, local, drop)
+    """Concatenate HDF5 parts in order, leaving out the `drop` ids (store/hdf5.py: merge). The merge
+    reads every member twice (its layout, then its rows) in many small pieces; a remote member is
+    therefore fetched whole, once, next to `local`, and read from there."""
+    if storage.is_local(ledger.fs):
+        return hdf5_sink.merge(lambda path: ledger.fs.open(path, "rb"), members, local, drop)
+    copies = {path: f"{local}.member-{i}" for i, path in enumerate(members)}
+    try:
+        for path, copy in copies.items():
+            ledger.fs.get_file(path, copy)
+        hdf5_sink.merge(lambda path: open(copies[path], "rb"), members, local, drop)
+    finally:
+        for copy in copies.values():
+            if os.path.exists(copy):
+                os.remove(copy)

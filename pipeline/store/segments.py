@@ -45,19 +45,30 @@ def by_segment(paths: list[str]) -> dict[str, str]:
     return found
 
 
-def live_files(ledger, sub: str, state=None) -> list[str]:
-    """Files of live segments in data folder `sub`, in commit (segment name) order.
-
-    The listing is taken between two loads that agree on the live segments: a live segment's files
-    exist for as long as it is live (merged files are staged before their record, replaced ones deleted
-    after it), so a compaction meanwhile cannot make the listing miss a video or hold one twice."""
+def listing(ledger, subs=DATA_DIRS, state=None) -> tuple:
+    """(state, {sub: every entry of sub/}): each data folder listed once, between two loads that agree on
+    the live segments (the first is `state` when given). A live segment's files exist for as long as it
+    is live (merged files are staged before their record, replaced ones deleted after it), so a
+    compaction meanwhile cannot make the listing miss a video or hold one twice."""
     for _ in range(LISTING_ATTEMPTS):
         before = state or ledger.load()
-        listed = by_segment(ledger.ls(sub))
+        listed = {sub: ledger.ls(sub) for sub in subs}
         if ledger.load().segments == before.segments:
-            return [listed[s] for s in sorted(before.segments) if s in listed]
+            return before, listed
         state = None
-    raise FileNotFoundError(f"{ledger.out}: the live parts kept changing while {sub}/ was listed")
+    raise FileNotFoundError(f"{ledger.out}: the live parts kept changing while {', '.join(subs)} were listed")
+
+
+def live(state, paths: list[str]) -> list[str]:
+    """The files among `paths` (one data folder) of `state`'s live segments, in commit order."""
+    listed = by_segment(paths)
+    return [listed[s] for s in sorted(state.segments) if s in listed]
+
+
+def live_files(ledger, sub: str, state=None) -> list[str]:
+    """Files of live segments in data folder `sub`, in commit (segment name) order (see `listing`)."""
+    state, listed = listing(ledger, (sub,), state)
+    return live(state, listed[sub])
 
 
 def collect_garbage(ledger, state) -> list[str]:
