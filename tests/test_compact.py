@@ -97,6 +97,30 @@ def test_compaction_merges_parts_into_few_files_with_the_same_rows(output):
     assert live_files(output, "videos")[0].startswith("part-run0-00000-c")
 
 
+def test_a_remote_hdf5_member_is_fetched_once_and_read_locally(output, monkeypatch, tmp_path):
+    """On an object store h5py's small reads cost a request each, twice over (layout, then rows): each
+    HDF5 member is fetched whole, once, and merged from the copy (which is removed)."""
+    import types
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pipeline.store import compaction
+
+    before = snapshot(output)
+    monkeypatch.setattr(compaction, "storage", types.SimpleNamespace(is_local=lambda fs: False))
+    fetched, opened = [], []
+    get_file, open_ = LocalFileSystem.get_file, LocalFileSystem.open
+    monkeypatch.setattr(LocalFileSystem, "get_file", lambda self, a, b, **kw: fetched.append(a) or get_file(self, a, b, **kw))
+    monkeypatch.setattr(LocalFileSystem, "open", lambda self, path, *a, **kw: opened.append(path) or open_(self, path, *a, **kw))
+    compact(output, target_mb=1)
+    members = [p for p in fetched if p.endswith(".h5")]
+    assert len(members) == len(set(members)) == PARTS                        # each member fetched once
+    assert not [p for p in opened if p.endswith(".h5") and "/hdf5/" in p]    # and never read remotely
+    monkeypatch.undo()
+    assert_same(before, snapshot(output))
+    assert not glob.glob(f"{output}/**/*.member-*", recursive=True) and not glob.glob(f"{tmp_path}/**/*.member-*")
+
+
 def test_plan_merges_runs_of_small_segments_only():
     sizes = {"a": 10, "b": 10, "big": 100, "c": 10, "d": 50, "e": 45, "f": 5, "g": 1}
     assert plan(sizes, target=60) == [["a", "b"], ["c", "d"], ["e", "f", "g"]]

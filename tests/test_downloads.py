@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -144,3 +145,87 @@ def test_a_missing_url_is_not_found_and_a_refused_one_is_io(server):
     with pytest.raises(DecodeError) as err:
         list(decode_clips(f"http://127.0.0.1:{free_port()}/video.mp4", cfg(timeout_s=0)))
     assert err.value.kind == "io" and "cannot reach" in err.value.reason
+
+
+# --- prefetching (issue #18 #2): the next remote video of a task spools while the current one decodes ------
+
+def memory_videos(videos, names) -> list[tuple[str, str]]:
+    """The named test videos put on fsspec's in-memory file system (remote: spooled, not opened in place)."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    items = []
+    for name in names:
+        if name in videos:
+            fs.pipe_file(f"/prefetch/{name}.mp4", open(videos[name], "rb").read())
+        items.append((f"memory://prefetch/{name}.mp4", name))
+    return items
+
+
+def own_spools() -> list[str]:
+    root = spool.spool_root()
+    return [n for n in os.listdir(root) if n.startswith(f"{os.getpid()}-")] if os.path.isdir(root) else []
+
+
+def test_the_next_video_downloads_while_this_one_is_used_and_at_most_two_are_spooled(videos):
+    from pipeline.decode.prefetch import Prefetcher
+
+    items = memory_videos(videos, ["pal", "ntsc", "film"])
+    seen = []
+    with Prefetcher(items) as prefetch:
+        for uri, name in items:
+            with prefetch.local(uri, name) as path:
+                assert open(path, "rb").read() == open(videos[name], "rb").read()
+                deadline = time.monotonic() + 30
+                while len(own_spools()) < min(2, len(items) - len(seen)) and time.monotonic() < deadline:
+                    time.sleep(0.01)                       # the next one arrives in the background
+                seen.append(len(own_spools()))
+            assert not os.path.exists(path)                # removed as soon as its video is done
+    assert seen == [2, 2, 1] and own_spools() == []
+
+
+def test_a_prefetched_failure_keeps_its_kind_and_fails_only_its_own_video(videos):
+    from pipeline.decode.prefetch import Prefetcher
+
+    items = memory_videos(videos, ["pal", "gone", "film"]) + [("notaprotocol://x/y.mp4", "bad-url")]
+    outcomes = []
+    with Prefetcher(items) as prefetch:
+        for uri, name in items:
+            try:
+                with prefetch.local(uri, name) as path:
+                    outcomes.append((name, os.path.getsize(path) > 0))
+            except DecodeError as exc:
+                outcomes.append((name, exc.kind))
+    assert outcomes == [("pal", True), ("gone", "not_found"), ("film", True), ("bad-url", "io")]
+    assert own_spools() == []
+
+
+def test_closing_a_task_mid_way_stops_and_removes_what_was_prefetched(videos):
+    from pipeline.decode.prefetch import Prefetcher
+
+    items = memory_videos(videos, ["pal", "ntsc", "film"])
+    prefetch = Prefetcher(items)
+    with prefetch.local(*items[0]):
+        deadline = time.monotonic() + 30
+        while len(own_spools()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(own_spools()) == 2
+    prefetch.close()                                       # the task ends (or its generator is closed)
+    assert own_spools() == []
+
+
+def test_the_decode_stage_gives_the_same_clips_from_remote_and_local_videos(videos):
+    from pipeline.config import Config
+    from pipeline.run.decode_stage import decode_videos
+
+    items = memory_videos(videos, ["pal", "film", "cfr30"])
+    config = Config.from_preset("tiny").replace(decode={"timeout_s": 0}).to_dict()
+
+    def rows(uris):
+        batch = {"row": np.arange(len(items)), "video_id": np.array([n for _, n in items], dtype=object),
+                 "uri": np.array(uris, dtype=object)}
+        return [(str(b["video_id"][0]), b["error"][0], b["frames"][0].tobytes()) for b in decode_videos(batch, config)]
+
+    remote, local = rows([u for u, _ in items]), rows([videos[n] for _, n in items])
+    assert remote == local and all(not err for _, err, _ in remote) and len(remote) >= 3
+    assert own_spools() == []

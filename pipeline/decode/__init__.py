@@ -35,7 +35,7 @@ into clips), `decord_backend`, `worker` (the watchdog worker).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from pipeline.plan.clips import plan_clips
 from pipeline.config import Config, DecodeConfig
@@ -57,16 +57,19 @@ BACKENDS = ("pyav", "decord")
 MODES = ("exact", "fast")
 
 
-def decode_clips(uri: str, config: Config | None = None, *, video_id: str | None = None) -> Iterator[Clip]:
+def decode_clips(uri: str, config: Config | None = None, *, video_id: str | None = None,
+                 fetch: Callable[[str, str], ContextManager[str]] = local_copy) -> Iterator[Clip]:
     """Yield the clips of the video at `uri` (local path or fsspec URL) one at a time, in order.
 
     Raises `DecodeError(video, kind, reason)` (video = `video_id` or `uri`) on the first problem.
     `config.decode.timeout_s > 0` decodes in a watchdog worker process; `<= 0` decodes in this process.
+    `fetch(uri, video)` gives the local file to decode (default `local_copy`; a task of several videos
+    passes `Prefetcher.local`, prefetch.py, so that the next one downloads while this one decodes).
     """
     config = config or Config()
     video = video_id or uri
     _check_config(config)
-    with local_copy(uri, video) as path:
+    with fetch(uri, video) as path:
         if config.decode.timeout_s > 0:
             yield from decode_in_worker(path, config, video)
         else:

@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from typing import Iterator
 
@@ -38,26 +39,27 @@ def spool_root() -> str:
 
 
 @contextlib.contextmanager
-def spooled(fs, path: str, video: str) -> Iterator[str]:
-    """A local copy of `path` on `fs`, removed on exit (success, failure, or the generator closed)."""
+def spooled(fs, path: str, video: str, stop: threading.Event | None = None) -> Iterator[str]:
+    """A local copy of `path` on `fs`, removed on exit (success, failure, or the generator closed).
+    Setting `stop` ends the download at its next read (DecodeError "io": cancelled)."""
     sweep()
     directory = os.path.join(spool_root(), f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.makedirs(directory, exist_ok=True)
     try:
         local = os.path.join(directory, "video" + os.path.splitext(path)[1][:16])
-        download(fs, path, local, video)
+        download(fs, path, local, video, stop)
         yield local
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def download(fs, path: str, local: str, video: str) -> None:
+def download(fs, path: str, local: str, video: str, stop: threading.Event | None = None) -> None:
     """Copy `path` to `local` in CHUNK reads, each under the stall deadline; DecodeError on failure."""
     try:
         size = _size(fs, path)
         _check_room(os.path.dirname(local), size, video)
         with within(stall_s(), fs.open, path, "rb") as src, open(local, "wb") as dst:
-            _copy(src, dst, size, video)
+            _copy(src, dst, size, video, stop)
     except DecodeError:
         raise
     except FileNotFoundError as exc:
@@ -84,9 +86,11 @@ def _not_found(exc: FileNotFoundError, video: str) -> DecodeError:
     return DecodeError(video, "io", f"cannot reach {exc}: {type(cause).__name__}: {cause}")
 
 
-def _copy(src, dst, size: int | None, video: str) -> None:
+def _copy(src, dst, size: int | None, video: str, stop: threading.Event | None = None) -> None:
     got = 0
     while True:
+        if stop is not None and stop.is_set():
+            raise DecodeError(video, "io", "download cancelled: its decode task ended")
         try:
             data = within(stall_s(), src.read, CHUNK)
         except DeadlineExceeded:

@@ -28,12 +28,16 @@ log = logging.getLogger(__name__)
 
 def decode_videos(batch: dict[str, np.ndarray], config: dict):
     """Decode every video row of `batch`; yield one batch per clip, or one failure batch per bad video."""
+    from pipeline.decode.prefetch import Prefetcher
+
     cfg = decoding_config(Config.from_dict(config))
     node = ray_node_id()
-    for key, vid, uri in zip(batch["row"], batch["video_id"], batch["uri"]):
-        for out in _decode_one(str(vid), str(uri), cfg):
-            out["row"], out["decode_node"] = np.array([key], np.int64), np.array([node], dtype=object)
-            yield out
+    ids, uris = [str(v) for v in batch["video_id"]], [str(u) for u in batch["uri"]]
+    with Prefetcher(list(zip(uris, ids))) as prefetch:        # the next remote video spools meanwhile
+        for key, vid, uri in zip(batch["row"], ids, uris):
+            for out in _decode_one(vid, uri, cfg, prefetch.local):
+                out["row"], out["decode_node"] = np.array([key], np.int64), np.array([node], dtype=object)
+                yield out
 
 
 def decoding_config(cfg: Config) -> Config:
@@ -42,12 +46,12 @@ def decoding_config(cfg: Config) -> Config:
     return cfg.replace(decode={"centre_crop": cfg.preprocess.crops == 1})
 
 
-def _decode_one(vid: str, uri: str, cfg: Config):
+def _decode_one(vid: str, uri: str, cfg: Config, fetch):
     from pipeline.decode import decode_clips
 
     held, start = None, time.perf_counter()
     try:
-        for clip in decode_clips(uri, cfg, video_id=vid):
+        for clip in decode_clips(uri, cfg, video_id=vid, fetch=fetch):
             if held is not None:
                 yield clip_batch(vid, uri, held, cfg, last=False, seconds=time.perf_counter() - start)
                 start = time.perf_counter()
