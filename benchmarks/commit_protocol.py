@@ -12,15 +12,16 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from measure import moto_s3  # noqa: E402
+from timing import medians  # noqa: E402
 
 from pipeline.store.commit import write_part  # noqa: E402
 from pipeline.store.ledger import Ledger  # noqa: E402
@@ -72,43 +73,22 @@ def fill(out: str, parts: int) -> None:
     ledger.fold()
 
 
-def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in rounds) * 1000 for k in rounds[0]}
+def medians_ms(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: seconds * 1000 for k, seconds in medians(rounds).items()}
 
 
 def run(root: str, args, store: str) -> None:
     videos, clips = part()
     rounds = [commit_round(f"{root}/commits", videos, clips, i) for i in range(args.rounds)]
-    m = medians(rounds)
+    m = medians_ms(rounds)
     print(json.dumps({"case": "commit", "store": store, "fenced_ms": round(m["fenced"], 1),
                       "unfenced_ms": round(m["unfenced"], 1), "ratio": round(m["fenced"] / m["unfenced"], 3)}))
     fill(f"{root}/ledger", args.parts)
     rounds = [load_round(f"{root}/ledger") for _ in range(args.rounds)]
-    m = medians(rounds)
+    m = medians_ms(rounds)
     print(json.dumps({"case": "load", "store": store, "parts": args.parts, "guarded_ms": round(m["guarded"], 1),
                       "bare_ms": round(m["bare"], 1), "ratio": round(m["guarded"] / m["bare"], 3),
                       "claim_ms": round(m["claim"], 1)}))
-
-
-def with_moto(fn) -> None:
-    import socket
-
-    import fsspec
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(3)
-        fsspec.config.conf["s3"] = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"}
-        fsspec.filesystem("s3").mkdir("bench")
-        fn("s3://bench")
-    finally:
-        server.kill()
-        server.wait()
 
 
 def main() -> None:
@@ -118,7 +98,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     if args.s3:
-        with_moto(lambda root: run(root, args, "moto-s3"))
+        with moto_s3("bench") as s3:
+            run(s3.root, args, "moto-s3")
         return
     root = tempfile.mkdtemp(prefix="vidfeat-bench-")
     try:

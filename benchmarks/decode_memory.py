@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from decode_throughput import CLASSES, encode  # noqa: E402
+from measure import memory_mib, proc_stat  # noqa: E402
 
 _SLOT_CODE = r"""
 import json, os, sys, time
@@ -43,15 +44,11 @@ try:
 except ImportError:                                    # before the decode package existed
     from pipeline.decode import _POOL as POOL
 
-def status(pid="self"):
-    with open(f"/proc/{pid}/status") as fh:
-        return {l.split(":")[0]: int(l.split()[1]) / 1024 for l in fh if l.startswith(("VmHWM", "VmRSS"))}
-
 def torch_in(pid="self"):
     with open(f"/proc/{pid}/maps") as fh:
         return any("libtorch" in line for line in fh)
 
-tiny, video, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+tiny, video, timeout, here = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 cfg = Config().replace(decode={"timeout_s": timeout})
 try:
     from pipeline.run.decode_stage import decoding_config       # as the stage decodes (one crop: cut in the resize)
@@ -67,6 +64,8 @@ cold = decode(tiny)
 warm = decode(tiny)
 seconds = decode(video)
 worker = POOL.pids()[0] if POOL.pids() else None
+sys.path.insert(0, here)                               # for measure.py
+from measure import memory_mib as status
 print(json.dumps({"imports_s": imports, "cold_s": cold, "warm_s": warm, "worker_start_s": cold - warm,
                   "video_s": seconds, "parent": status(), "worker": status(worker) if worker else None,
                   "torch_in_parent": torch_in(), "torch_in_worker": torch_in(worker) if worker else None}))
@@ -76,7 +75,8 @@ print(json.dumps({"imports_s": imports, "cold_s": cold, "warm_s": warm, "worker_
 def slot(root: str, tiny: str, video: str, timeout_s: float = 600.0) -> dict:
     """The slot measurement in a fresh process running the checkout at `root`."""
     env = {**os.environ, "PYTHONPATH": root}
-    out = subprocess.run([sys.executable, "-c", _SLOT_CODE, tiny, video, str(timeout_s)], env=env, cwd=root,
+    here = os.path.join(ROOT, "benchmarks")                 # measure.py: this checkout's, also for --compare
+    out = subprocess.run([sys.executable, "-c", _SLOT_CODE, tiny, video, str(timeout_s), here], env=env, cwd=root,
                          check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     result["slot_peak_mib"] = result["parent"]["VmHWM"] + (result["worker"] or {}).get("VmHWM", 0.0)
@@ -102,8 +102,7 @@ def watchdog_workers() -> dict[int, int]:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 if b"pipeline.decode.watchdog import worker_main" not in fh.read():
                     continue
-            with open(f"/proc/{pid}/stat") as fh:
-                found[int(pid)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            found[int(pid)] = int(proc_stat(int(pid))[1])
         except OSError:
             continue
     return found
@@ -111,12 +110,8 @@ def watchdog_workers() -> dict[int, int]:
 
 def rss_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a live process, MiB (0, 0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            d = {l.split(":")[0]: int(l.split()[1]) / 1024 for l in fh if l.startswith(("VmHWM", "VmRSS"))}
-        return d["VmRSS"], d["VmHWM"]
-    except (OSError, KeyError):
-        return 0.0, 0.0
+    m = memory_mib(pid)
+    return m.get("VmRSS", 0.0), m.get("VmHWM", 0.0)
 
 
 def pss_mib(pid: int) -> float:

@@ -25,26 +25,16 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 import zlib
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def cpu_seconds(pids=()) -> float:
-    """User+system CPU of this process and of the live processes `pids`."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    total = own.ru_utime + own.ru_stime
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+from measure import cpu_seconds  # noqa: E402
 
 
 def ours(path, clips, size):

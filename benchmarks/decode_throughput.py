@@ -25,15 +25,16 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+from measure import cpu_seconds  # noqa: E402
+from timing import medians  # noqa: E402
 from pipeline.plan.clips import plan_clips  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.decode import probe_video  # noqa: E402
@@ -105,12 +106,11 @@ def ffmpeg_limit(path: str, skip: str | None) -> dict:
     cmd = ["ffmpeg", "-v", "error", "-threads", "1", *(["-skip_frame", skip] if skip else []), "-i", path,
            "-f", "null", "-"]
     cpu = os.environ.get("BENCH_CPU")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = cpu_seconds(children=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, preexec_fn=(lambda: os.sched_setaffinity(0, {int(cpu)})) if cpu else None)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"wall_s": wall, "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+    return {"wall_s": wall, "cpu_s": cpu_seconds(children=True) - before}
 
 
 def request_for(path: str, config: Config) -> dict:
@@ -163,9 +163,8 @@ def measure(videos: dict[str, str], peers: dict[str, Peer], rounds: int, config:
 def summarise(runs: dict) -> dict:
     out = {}
     for c, cases in runs.items():
-        med = {n: {"wall_s": statistics.median(x["wall_s"] for x in v),
-                   "cpu_s": statistics.median(x["cpu_s"] for x in v),
-                   "walls": [round(x["wall_s"], 3) for x in v]} for n, v in cases.items()}
+        med = {n: {**medians(v, ("wall_s", "cpu_s")), "walls": [round(x["wall_s"], 3) for x in v]}
+               for n, v in cases.items()}
         peers = {n: m["wall_s"] for n, m in med.items() if n not in (*OURS, "limit")}
         fastest = min(peers, key=peers.get) if peers else None
         sums = {n: v[0].get("checksum") for n, v in cases.items() if n in ("ours", *OFFICIAL_PIXELS)}

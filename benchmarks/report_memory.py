@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import scale_setup as setup  # noqa: E402
+from timing import medians  # noqa: E402
 
 WAYS = {
     "part by part": "from pipeline.read.neighbours import nearest_videos as f; hits = f(out, ids, k=4)",
@@ -31,21 +31,23 @@ WAYS = {
 }
 
 CHILD = """
-import json, resource, sys, time
-out, ids = sys.argv[1], sys.argv[2].split(",")
+import json, sys, time
+out, ids, here = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
 start = time.perf_counter()
 {way}
-print(json.dumps({{"seconds": time.perf_counter() - start, "ids": hits.ids,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+seconds = time.perf_counter() - start
+sys.path.insert(0, here)
+from measure import memory_mib
+print(json.dumps({{"seconds": seconds, "ids": hits.ids, "peak_rss_mib": memory_mib()["VmHWM"]}}))
 """
 
 
 def measure(way: str, out: str, ids: list[str]) -> dict:
     """One fresh process finding the neighbours `way`: its seconds, peak RSS and the hits' ids."""
+    here = os.path.dirname(os.path.abspath(__file__))
     code = CHILD.format(way=WAYS[way])
-    done = subprocess.run([sys.executable, "-c", code, out, ",".join(ids)], capture_output=True, text=True,
-                          check=True, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
-                              os.path.abspath(__file__)))})
+    done = subprocess.run([sys.executable, "-c", code, out, ",".join(ids), here], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": os.path.dirname(here)})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -69,7 +71,7 @@ def main() -> None:
         for way, results in runs.items():
             print(json.dumps({"case": "report-gallery", "way": way, "videos": args.videos, "per_part": args.per_part,
                               "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
-                              "seconds_median": statistics.median(r["seconds"] for r in results)}))
+                              "seconds_median": medians(results, ("seconds",))["seconds"]}))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -15,12 +15,10 @@ read tasks of several videos) in the same way, for the ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import scale_setup as setup  # noqa: E402
+from measure import cpu_seconds, kill_tree, memory_mib, moto_s3  # noqa: E402
+from timing import timed_interleaved  # noqa: E402
 
 from pipeline.config import Config  # noqa: E402
 from pipeline.store.ledger import Ledger  # noqa: E402
@@ -39,11 +39,6 @@ def report(case: str, **numbers) -> dict:
     line = {"case": case, **{k: round(v, 4) if isinstance(v, float) else v for k, v in numbers.items()}}
     print(json.dumps(line), flush=True)
     return line
-
-
-def cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def tiny_config(**run) -> Config:
@@ -79,18 +74,18 @@ def cmd_driver(args) -> None:
 
     def commit_and_mark(self):
         original(self)
-        marks.append((time.time(), cpu_s(), self.summary.ok + self.summary.failed))
+        marks.append((time.time(), cpu_seconds(), self.summary.ok + self.summary.failed))
 
     commit.PartWriter.commit = commit_and_mark
     if args.baseline:
         runner.build_dataset = old_feed
-    started, c0 = time.time(), cpu_s()
+    started, c0 = time.time(), cpu_seconds()
     config = tiny_config(videos_per_task=args.videos_per_task, batch_size=args.batch_size)
     summary = runner.run_extract(manifest, os.path.join(root, "out"), config, progress=False)
     (t1, c1, v1), (t2, c2, v2) = marks[0], marks[-1]
     report("driver", feed="one block per video" if args.baseline else "read tasks", videos=summary.ok,
            videos_per_task=args.videos_per_task or "auto", batch_size=args.batch_size or "auto",
-           first_commit_s=t1 - started, wall_s=time.time() - started, driver_cpu_s=cpu_s() - c0,
+           first_commit_s=t1 - started, wall_s=time.time() - started, driver_cpu_s=cpu_seconds() - c0,
            steady_ms_per_video=(c2 - c1) / max(v2 - v1, 1) * 1000, steady_videos_per_s=(v2 - v1) / max(t2 - t1, 1e-9))
     shutil.rmtree(root, ignore_errors=True)
 
@@ -110,33 +105,16 @@ def cmd_first_commit(args) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first, rss = None, []
     while time.time() - started < args.limit_s and (first is None or time.time() - first < args.after_s):
-        rss.append(_rss_mib(proc.pid, "VmRSS"))
+        rss.append(memory_mib(proc.pid).get("VmRSS"))
         if first is None and os.path.isdir(os.path.join(out, "ledger")) and Ledger(out).load().records:
             first = time.time()
         time.sleep(0.25)
-    peak = _rss_mib(proc.pid, "VmHWM")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    peak = memory_mib(proc.pid).get("VmHWM")
+    kill_tree(proc)                 # the driver, its embedded Ray and Ray's workers: no other Ray
     report("first-commit", rows=args.rows, first_commit_s=(first - started) if first else None,
            driver_peak_rss_mib=peak, driver_rss_at_end_mib=rss[-1] if rss else None,
            committed_videos=len(Ledger(out).load().done_ids), watched_after_first_s=args.after_s)
-    _stop_ray()
     shutil.rmtree(root, ignore_errors=True)
-
-
-def _rss_mib(pid: int, field: str) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _stop_ray() -> None:
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
 
 
 # ====================================================================== ledger load vs parts
@@ -150,7 +128,7 @@ def cmd_ledger(args) -> None:
             out = f"{base}/ledger-{parts}"
             ledger = setup.fill_ledger(out, parts, args.per_part)
             load = _median(lambda: Ledger(out).load(), args.rounds)
-            everything = lambda: replay(LedgerState(), [ledger._read_json(p) for p in  # noqa: E731
+            everything = lambda: replay(LedgerState(), [ledger._read_record(p) for p in  # noqa: E731
                                                         ledger._json_files("ledger/records")])
             full = _median(everything, 1 if parts > 2000 and args.s3 else args.rounds)
             report("ledger", storage="s3 (moto)" if args.s3 else "local", parts=parts,
@@ -158,32 +136,22 @@ def cmd_ledger(args) -> None:
 
 
 def _median(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of `rounds` calls of `fn`."""
+    return timed_interleaved({"fn": fn}, rounds, warmup=0)[0]["fn"]
 
 
-class _storage:
+@contextlib.contextmanager
+def _storage(s3: bool):
     """A fresh folder: local temp dir, or a moto S3 bucket."""
-
-    def __init__(self, s3: bool):
-        self.s3, self.ctx, self.tmp = s3, None, None
-
-    def __enter__(self) -> str:
-        if self.s3:
-            self.ctx = setup.moto_s3()
-            return self.ctx.__enter__()
-        self.tmp = tempfile.mkdtemp(prefix="vidfeat-scale-")
-        return self.tmp
-
-    def __exit__(self, *exc):
-        if self.ctx:
-            self.ctx.__exit__(*exc)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+    if s3:
+        with moto_s3() as server:
+            yield server.root
+        return
+    tmp = tempfile.mkdtemp(prefix="vidfeat-scale-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ====================================================================== the nightly resume
@@ -232,14 +200,11 @@ def cmd_compaction(args) -> None:
     setup.synthetic_output(parts, args.videos)
     shutil.copytree(parts, merged)
     result = compact(merged, target_mb=args.target_mb)
-    times = {"parts": [], "compacted": []}
-    for _ in range(args.rounds):
-        for name, out in (("parts", parts), ("compacted", merged)):
-            start = time.perf_counter()
-            loaded = load_videos(out)
-            times[name].append(time.perf_counter() - start)
-            assert len(loaded.ids) == args.videos
-    before, after = statistics.median(times["parts"]), statistics.median(times["compacted"])
+    count = {name: (lambda out=out: len(load_videos(out).ids))
+             for name, out in (("parts", parts), ("compacted", merged))}
+    secs, counts = timed_interleaved(count, args.rounds, warmup=0)     # one load alive at a time
+    assert all(n == args.videos for n in counts.values())
+    before, after = secs["parts"], secs["compacted"]
     report("compaction", videos=args.videos, files_before=result.files_before, files_after=result.files_after,
            compact_s=result.seconds, bytes_rewritten_mib=result.bytes_rewritten / 2**20,
            load_videos_parts_s=before, load_videos_compacted_s=after, speedup=before / after)

@@ -1,14 +1,8 @@
-"""What benchmarks/scale.py measures on: corpus-sized manifests, ledgers of many parts, synthetic outputs,
-and moto's S3 server on 127.0.0.1. Nothing here is timed."""
+"""What benchmarks/scale.py measures on: corpus-sized manifests, ledgers of many parts, synthetic outputs
+(moto's S3 server: measure.moto_s3). Nothing here is timed."""
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -85,38 +79,3 @@ def synthetic_output(out: str, videos: int, per_part: int = 64, dim: int = 768, 
         write_part(ledger, f"part-bench-{p:06d}", rows, clips, [], PROV)
         ledger.record(f"part-bench-{p:06d}", ids, [])
     ledger.fold()
-
-
-@contextlib.contextmanager
-def moto_s3(bucket: str = "vidfeat-bench"):
-    """moto's S3 server on 127.0.0.1; sets fsspec's S3 settings (env and this process) while it runs."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_up(f"http://127.0.0.1:{port}/")
-        env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "FSSPEC_S3_KEY": "testing",
-               "FSSPEC_S3_SECRET": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-        os.environ.update(env)
-        import fsspec
-
-        fsspec.config.conf["s3"] = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"], "key": "testing",
-                                    "secret": "testing"}
-        fsspec.filesystem("s3", skip_instance_cache=True, **fsspec.config.conf["s3"]).mkdir(bucket)
-        yield f"s3://{bucket}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_up(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=1).status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"moto server at {url} did not start")

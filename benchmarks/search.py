@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.read.search import VideoIndex
+from timing import interleaved_times
 
 
 def numpy_search(index: np.ndarray, queries: np.ndarray, k: int, batch: int) -> np.ndarray:
@@ -38,15 +39,6 @@ def numpy_search(index: np.ndarray, queries: np.ndarray, k: int, batch: int) -> 
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
         out.append(np.take_along_axis(top, order, axis=1))
     return np.concatenate(out)
-
-
-def timed(fn, repeats: int) -> list[float]:
-    walls = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - start)
-    return walls
 
 
 def main() -> None:
@@ -81,12 +73,9 @@ def main() -> None:
 
 def compare(index: VideoIndex, baseline: np.ndarray, queries: np.ndarray, args) -> dict:
     """Time both searches on the same queries, alternating; queries/s (best, median) and their ratio."""
-    walls: dict[str, list[float]] = {"ours": [], "numpy": []}
-    results = {}
-    for _ in range(args.repeats):
-        walls["ours"] += timed(lambda: results.__setitem__("ours", index.search(queries, args.k).indices), 1)
-        walls["numpy"] += timed(lambda: results.__setitem__(
-            "numpy", numpy_search(baseline, queries, args.k, args.numpy_batch)), 1)
+    walls, results = interleaved_times({"ours": lambda: index.search(queries, args.k).indices,
+                                        "numpy": lambda: numpy_search(baseline, queries, args.k, args.numpy_batch)},
+                                       args.repeats, warmup=0)
     overlap = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(results["ours"], results["numpy"])])
     best = {name: len(queries) / min(w) for name, w in walls.items()}
     return {
