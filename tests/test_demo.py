@@ -84,7 +84,10 @@ def test_verbose_shows_rays_logs(tmp_path):
 @pytest.fixture(scope="module")
 def browser():
     if chromium_path() is None:
-        pytest.fail("Chromium is missing: `apt-get install chromium` (.ci/run installs it), or set VIDFEAT_CHROMIUM")
+        why = "Chromium is missing: `apt-get install chromium` (.ci/run installs it), or set VIDFEAT_CHROMIUM"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(why)                       # CI installs it: missing there is a broken CI, not a skip
+        pytest.skip(why + "; the report's browser check did not run (CI runs it)")
     with Chromium() as chromium:
         yield chromium
 
