@@ -9,7 +9,8 @@ Exit codes, one meaning each (DESIGN.md §5; 69, 70, 74, 75 from sysexits.h; the
       — one line on stderr with the exception's type, message and file; the traceback in a log file
   69  the Ray cluster failed under the run (its raylet or GCS died, a node was lost for good); run again
   75  lease lost: another writer took the output over; committed work is safe; run again
-  130 interrupted (SIGINT), 143 terminated (SIGTERM): finished work committed, lease released; run again
+  130 interrupted (SIGINT), 143 terminated (SIGTERM): in-flight clips finished first (--drain-s), finished
+      work committed, the run recorded as interrupted, lease released; run again (pipeline/run/drain.py)
 No traceback reaches the console unless --verbose; text from the data passes through `printable`.
 `run_cli` is the process entry point (`vidfeat`, `python -m pipeline`, `python -m jobs.extract`): it
 leaves with `os._exit` after flushing and the atexit hooks, so native destructors cannot turn the code

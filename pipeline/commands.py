@@ -26,6 +26,8 @@ def add_extract_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--redo-changed", action="store_true",
                     help="extract again committed videos whose uri in the manifest changed (old rows retired)")
     ap.add_argument("--max-failure-rate", type=float, help="stop (exit 3) when more than this fraction fails")
+    ap.add_argument("--drain-s", type=float,
+                    help="on SIGTERM/SIGINT, seconds the clips in flight may take to finish (default 60)")
     ap.add_argument("--batch-size", type=int, help="clips per inference batch")
     ap.add_argument("--num-actors", type=int, help="inference actors (default: one per GPU, else 1)")
     ap.add_argument("--crops", type=int, choices=(1, 3), help="1 centre crop or 3 crops along the long side")
@@ -61,7 +63,7 @@ def config_from_args(args: argparse.Namespace):
              ("run", "address"): args.address, ("run", "max_failure_rate"): args.max_failure_rate,
              ("run", "batch_size"): args.batch_size, ("run", "num_actors"): args.num_actors,
              ("preprocess", "crops"): args.crops, ("decode", "mode"): args.decode_mode,
-             ("run", "videos_per_task"): args.videos_per_task}
+             ("run", "videos_per_task"): args.videos_per_task, ("run", "drain_s"): args.drain_s}
     for (section, key), value in flags.items():
         if value is not None:
             sections[section][key] = value
@@ -95,7 +97,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(f"vidfeat extract: stopped: {printable(exc)}", file=sys.stderr)
             return EXIT_ABORTED
     console.print_summary(summary.to_dict(), config.model.checkpoint, out=args.out)
+    if summary.interrupted:
+        return interrupted(summary.interrupted, summary.ok + summary.failed)
     return EXIT_FAILURES if summary.failed else EXIT_OK
+
+
+def interrupted(signal_name: str, finished: int) -> int:
+    """The one line and the code (130 SIGINT, 143 SIGTERM) of a run stopped gracefully by a signal."""
+    import signal
+
+    from pipeline.exits import RESUMES
+
+    print(f"vidfeat extract: {'interrupted' if signal_name == 'SIGINT' else 'terminated'} ({signal_name}); "
+          f"{RESUMES} (the clips in flight finished first; {finished} videos finished this run)", file=sys.stderr)
+    return 128 + signal.Signals[signal_name]
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -86,6 +86,7 @@ class RunConfig:
     videos_per_task: int = 0           # videos one decode task takes in steady state; 0 = picked from the
                                        # corpus size (at most ~4,100 tasks; see feed.py)
     commit_every: int = 64             # videos per committed part
+    drain_s: float = 60.0              # on SIGTERM / SIGINT, seconds the clips in flight may take to finish
     compact: bool = True               # merge small committed parts into large files at the end of a run
     compact_target_mb: int = 256       # size of a compacted segment's largest file (its HDF5 file)
     max_failure_rate: float = 1.0      # fail the run when more than this fraction of videos fails

@@ -232,6 +232,10 @@ class ConsoleListener(RunListener):
         if self.bars:
             self.bars.video_done(event)
 
+    def stopping(self, signal_name: str, drain_s: float) -> None:
+        print(f"\n{signal_name}: finishing the clips in flight (at most {drain_s:.0f} s); "
+              f"a second {signal_name} stops at once", flush=True)
+
     def finished(self) -> None:
         if self.bars:
             self.bars.close()

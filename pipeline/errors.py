@@ -44,3 +44,8 @@ class LeaseLostError(VidfeatError):
 class ClusterLostError(Exception):
     """The Ray cluster a run depends on failed under it (its raylet or GCS died, the driver's node was
     lost): nothing is wrong with the input or the output; the same command resumes."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler's preemption). A BaseException, like KeyboardInterrupt: no
+    `except Exception` stops it on its way out, and every `finally` on the way runs."""

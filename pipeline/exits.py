@@ -18,7 +18,7 @@ import threading
 import traceback
 from typing import Iterator, NoReturn
 
-from pipeline.errors import ClusterLostError, LeaseLostError, VidfeatError
+from pipeline.errors import ClusterLostError, LeaseLostError, Terminated, VidfeatError  # noqa: F401 - Terminated: exits.Terminated
 from pipeline.text import printable
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
@@ -26,11 +26,6 @@ EXIT_UNAVAILABLE, EXIT_SOFTWARE, EXIT_IOERR, EXIT_TEMPFAIL = 69, 70, 74, 75   # 
 # (the Ray cluster) failed, a bug, an I/O error, try again
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 RESUMES = "committed work is safe; the same command resumes"
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (a scheduler's preemption). A BaseException, like KeyboardInterrupt: no
-    `except Exception` stops it on its way out, and every `finally` on the way runs."""
 
 
 def exit_code(exc: BaseException, args: argparse.Namespace) -> int:

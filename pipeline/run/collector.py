@@ -63,6 +63,10 @@ class VideoCollector:
         self.clips.pop(key, None)
         self.last.pop(key, None)
 
+    def in_flight(self) -> set[int]:
+        """The videos (rows of `todo`) that some clips of have come back, but not all."""
+        return set(self.clips)
+
     def unfinished(self) -> list[dict]:
         """Failure events for the videos to do that never finished."""
         done = np.zeros(len(self.ids), bool)

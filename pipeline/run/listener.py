@@ -24,6 +24,9 @@ class RunListener:
     def video_done(self, event: dict) -> None:
         """A video is complete and handed to the writer: {"video": {...}} or {"failure": {...}}."""
 
+    def stopping(self, signal_name: str, drain_s: float) -> None:
+        """A signal asked the run to stop: the clips in flight get at most `drain_s` seconds (drain.py)."""
+
     def finished(self) -> None:
         """The stream ended, normally or not."""
 
@@ -45,6 +48,10 @@ class LoggingListener(RunListener):
         if time.monotonic() - self._last >= self.interval_s:
             self._last = time.monotonic()
             self.finished()
+
+    def stopping(self, signal_name: str, drain_s: float) -> None:
+        log.warning("%s: finishing the clips in flight (at most %.0f s; a second signal stops at once)",
+                    signal_name, drain_s)
 
     def finished(self) -> None:
         log.info("%d of %d videos done, %d failed", self.done, self.todo, self.failed)

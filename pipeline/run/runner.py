@@ -25,6 +25,7 @@ import pyarrow as pa
 from pipeline.run import results
 from pipeline.run.cluster import abandon_ray, cluster_failure, connect_ray
 from pipeline.run.collector import VideoCollector
+from pipeline.run.drain import GracefulStop, pulled
 from pipeline.store.commit import PartWriter, provenance, write_part
 from pipeline.config import Config
 from pipeline.corpus import Corpus, load_corpus
@@ -62,6 +63,7 @@ class RunSummary:
     compact_s: float = 0.0                                  # folding the ledger and compacting, at the end
     upkeep_error: str | None = None                         # why folding or compacting failed, if it did
     stopped: str | None = None                              # why the run stopped early (--max-failure-rate)
+    interrupted: str | None = None                          # the signal that stopped it gracefully (drain.py)
     changed: int = 0                                        # committed videos whose manifest uri changed
     changed_videos: list[dict] = field(default_factory=list)   # the first 100: video_id, uri, committed_uri
     redone_changed: bool = False                            # ... retired and extracted again (--redo-changed)
@@ -184,6 +186,9 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
         gc.freeze()                         # what exists now (torch, Ray, the corpus) lives for the run:
                                             # Python's garbage collector stops walking it (measured: -30%)
         _consume(ds, todo, config, writer, summary, listener)
+        if summary.interrupted:                    # leave now: Ray's executor may still be mid-stream
+            started_ray = started_ray and abandon_ray()
+            return
         _record_plan(ds, summary)
     except BaseException as exc:
         if started_ray and not isinstance(exc, Exception):         # a signal (SIGTERM, Ctrl-C) or an exit
@@ -205,15 +210,19 @@ def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunS
              listener: RunListener) -> None:
     """Iterate the results, commit as parts fill; whatever is complete is committed also when the run
     stops early (an exception, the failure rate)."""
-    collector = VideoCollector(todo.table)
+    collector, stop = VideoCollector(todo.table), GracefulStop(config.run.drain_s, listener.stopping)
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            failpoint("driver.result")
-            _take(batch, collector, writer, listener, summary)
-            writer.maybe_commit()
-            _check_failure_rate(summary, config.run.max_failure_rate, len(todo))
-        for event in collector.unfinished():
-            writer.add(event)
+        with stop.handling():                      # SIGTERM / SIGINT: the clips in flight finish (drain.py)
+            results = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+            for batch in pulled(results, stop, collector.in_flight):
+                failpoint("driver.result")
+                _take(batch, collector, writer, listener, summary)
+                writer.maybe_commit()
+                _check_failure_rate(summary, config.run.max_failure_rate, len(todo))
+        if stop.signal is None:
+            for event in collector.unfinished():
+                writer.add(event)
+        summary.interrupted = stop.name
     finally:
         writer.commit()
         listener.finished()
@@ -250,7 +259,7 @@ def _finish(ledger: Ledger, config: Config, summary: RunSummary) -> None:
     start = time.perf_counter()
     try:
         state = ledger.fold()
-        if config.run.compact:
+        if config.run.compact and not summary.interrupted:   # a preempted run leaves quickly: the next compacts
             compact(ledger, target_mb=config.run.compact_target_mb, state=state)
     except LeaseLostError:
         raise                                                  # not upkeep: this writer must stop

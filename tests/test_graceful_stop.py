@@ -1,0 +1,111 @@
+"""A graceful stop (issue #21): SIGTERM or SIGINT lets the clips in flight finish within a bound, commits
+every finished video, records the run as interrupted, releases the lease and exits 143 / 130; a second
+signal stops at once; the next run resumes with every video exactly once."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pipeline.errors import Terminated
+from pipeline.plan.samples import write_index_video
+from pipeline.read.features import read_table
+from pipeline.run.drain import GracefulStop, pulled
+from pipeline.store.ledger import Ledger
+
+from conftest import ray_env, run_cli
+
+
+def slow_results(n: int, every_s: float = 0.05):
+    for i in range(n):
+        time.sleep(every_s)
+        yield i
+
+
+def signal_self_soon(sig: int, after_s: float) -> None:
+    threading.Timer(after_s, lambda: os.kill(os.getpid(), sig)).start()
+
+
+def test_a_stop_waits_for_the_videos_in_flight_then_ends_the_stream():
+    in_flight = {7}                                        # a video whose clips are still coming
+    stop, seen = GracefulStop(drain_s=30), []
+    with stop.handling():
+        for item in pulled(slow_results(1000), stop, lambda: in_flight):
+            seen.append(item)
+            if item == 3:
+                os.kill(os.getpid(), signal.SIGTERM)       # the handler only sets a flag
+            if item == 10:
+                in_flight.clear()                          # video 7's last clip came back
+    assert stop.name == "SIGTERM" and 10 <= seen[-1] <= 12 and seen == list(range(len(seen)))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_nothing_in_flight_ends_the_stream_at_once_even_while_no_result_comes():
+    stop = GracefulStop(drain_s=30)
+    signal_self_soon(signal.SIGINT, 0.3)
+    start = time.monotonic()
+    with stop.handling():
+        items = list(pulled(slow_results(3, every_s=20), stop, set))   # blocked in the iterator
+    assert stop.name == "SIGINT" and items == [] and time.monotonic() - start < 10
+
+
+def test_the_bound_ends_a_drain_that_does_not_finish():
+    stop = GracefulStop(drain_s=0.5)
+    signal_self_soon(signal.SIGTERM, 0.2)
+    with stop.handling():
+        items = list(pulled(slow_results(10**6, every_s=0.01), stop, lambda: {1}))   # never finishes
+    assert stop.name == "SIGTERM" and items and items[-1] < 10**6 - 1
+
+
+def test_a_second_signal_stops_at_once():
+    stop = GracefulStop(drain_s=30)
+    with pytest.raises(Terminated), stop.handling():
+        for item in pulled(slow_results(1000), stop, lambda: {1}):
+            if item in (2, 5):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_an_error_of_the_stream_reaches_the_driver():
+    def broken():
+        yield 1
+        raise RuntimeError("the cluster failed")
+    with pytest.raises(RuntimeError, match="cluster failed"):
+        list(pulled(broken(), GracefulStop(), set))
+
+
+def test_sigterm_mid_run_commits_what_finished_records_it_and_the_next_run_resumes(tmp_path):
+    videos, out = tmp_path / "videos", str(tmp_path / "out")
+    videos.mkdir()
+    for i in range(40):
+        write_index_video(str(videos / f"v{i:02d}.mp4"), num_frames=40)
+    (tmp_path / "run.yaml").write_text("run:\n  commit_every: 1\n")
+    args = ["extract", str(videos), "--out", out, "--preset", "tiny", "--checkpoint", "random",
+            "--config", str(tmp_path / "run.yaml"), "--no-progress", "--drain-s", "20"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=ray_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not glob.glob(os.path.join(out, "ledger", "*.json")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    before = len(Ledger(out).load().done)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr
+    assert "finishing the clips in flight" in stdout and "terminated (SIGTERM); committed work is safe" in stderr
+    assert os.listdir(os.path.join(out, ".writers")) == []                       # lease released
+    state = Ledger(out).load()
+    assert before <= len(state.done) < 40
+    run, = [json.load(open(p)) for p in glob.glob(os.path.join(out, "runs", "*.json"))]
+    assert run["summary"]["interrupted"] == "SIGTERM" and run["summary"]["ok"] == len(state.done)
+    resumed = run_cli(*args[:-2], timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    ids = read_table(out, "videos", ["video_id"]).column("video_id").to_pylist()
+    assert sorted(ids) == sorted(f"v{i:02d}.mp4" for i in range(40))            # every video exactly once
+    assert run_cli("verify", out).returncode == 0
