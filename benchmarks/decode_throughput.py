@@ -6,7 +6,8 @@
 Per encode class (generated here with the ffmpeg CLI, 640×360 30 fps, moving test pattern plus noise):
   baseline  x264 Baseline, keyint 60 (like YouTube 360p)
   main      x264 Main, 2 B-frames (no pyramid), keyint 60
-  high      x264 High, 3 B-frames, b-pyramid, keyint 250 (x264's defaults)
+  high      x264 High, 3 B-frames, b-pyramid, keyint 250 (preset fast)
+  x264      x264's own defaults (preset medium, crf 23: 3 B-frames b-pyramid, keyint 250, 3 refs)
   vp9       VP9 (libvpx), keyint 120
 every case decodes the default sampling's frames (one every 32/30 s, short side to 224), one thread each:
 our default (in its worker, already started), torchcodec (exact seek), decord 0.6, decord2, the
@@ -50,6 +51,8 @@ CLASSES = {   # name: (label, file name, ffmpeg encoder arguments, limit's skip_
     "high": ("x264 High, 3 B-frames b-pyramid, keyint 250", "high_b3pyr_g250.mp4",
              ["-c:v", "libx264", "-preset", "fast", "-crf", "23", "-profile:v", "high",
               "-x264-params", "bframes=3:b-pyramid=normal:keyint=250"], "noref"),
+    "x264": ("x264's defaults (preset medium: 3 B-frames b-pyramid, keyint 250)", "x264_defaults.mp4",
+             ["-c:v", "libx264", "-crf", "23"], "noref"),
     "vp9": ("VP9, keyint 120", "vp9_g120.webm",
             ["-c:v", "libvpx-vp9", "-g", "120", "-crf", "34", "-b:v", "0", "-deadline", "good",
              "-cpu-used", "5", "-row-mt", "1"], None),

@@ -27,6 +27,7 @@ from pipeline.commands import (add_extract_arguments, add_report_arguments, add_
                                add_verbose_argument, cmd_compact, cmd_demo, cmd_extract, cmd_inspect,
                                cmd_report, cmd_search, cmd_status, cmd_verify, require_output)
 from pipeline.errors import ConfigError
+from pipeline.preflight import add_plan_arguments, cmd_plan
 
 
 __all__ = ["build_parser", "main", "run_cli", "require_output", "ConfigError"]
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page: runs, failures, distributions, neighbours")
     add_report_arguments(p)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("plan", help="preflight: probe a sample, estimate hours, failures, vCPU/GPU-hours, nodes")
+    add_plan_arguments(p)
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("demo", help="run the pipeline on sample videos it generates (random tiny model)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--no-progress", action="store_true")
