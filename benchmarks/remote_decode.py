@@ -65,12 +65,12 @@ def register_slow_s3(latency_s: float, bytes_per_s: float) -> None:
 
         def _open(self, path, mode="rb", **kw):
             f = super()._open(path, mode, **kw)
-            fetch = f._fetch_range
+            fetch = f.cache.fetcher                            # the cache holds the bound fetcher
 
             def slow(start, end):
                 time.sleep(latency_s + (end - start) / bytes_per_s)
                 return fetch(start, end)
-            f._fetch_range = slow
+            f.cache.fetcher = slow
             return f
 
     fsspec.register_implementation("slows3", SlowS3, clobber=True)
