@@ -35,7 +35,7 @@ def signal_self_soon(sig: int, after_s: float) -> None:
 
 def test_a_stop_waits_for_the_videos_in_flight_then_ends_the_stream():
     in_flight = {7}                                        # a video whose clips are still coming
-    stop, seen = GracefulStop(drain_s=30), []
+    stop, seen, before = GracefulStop(drain_s=30), [], signal.getsignal(signal.SIGTERM)
     with stop.handling():
         for item in pulled(slow_results(1000), stop, lambda: in_flight):
             seen.append(item)
@@ -44,7 +44,7 @@ def test_a_stop_waits_for_the_videos_in_flight_then_ends_the_stream():
             if item == 10:
                 in_flight.clear()                          # video 7's last clip came back
     assert stop.name == "SIGTERM" and 10 <= seen[-1] <= 12 and seen == list(range(len(seen)))
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before                   # the handler is restored
 
 
 def test_nothing_in_flight_ends_the_stream_at_once_even_while_no_result_comes():

@@ -87,7 +87,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 
 import pipeline.store.commit as commit_mod
 import pipeline.store.compaction as compact_mod
-import pipeline.read.features as features_mod
+import pipeline.read.parts as parts_mod
 import pipeline.store.ledger as ledger_mod
 import pipeline.store.publish as publish_mod
 from pipeline.store import records, segments
@@ -215,8 +215,8 @@ def install(monkeypatch, fs, io: Storage) -> None:
         if hasattr(fs, name):
             monkeypatch.setattr(fs, name, _fs_wrapper(io, name, getattr(fs, name)))
     monkeypatch.setattr(publish_mod, "os", _Proxy(os, io, replace=True, link=True, unlink=True))
-    monkeypatch.setattr(features_mod, "pq", _Proxy(pq, io, read_table=False))        # local readers open
-    monkeypatch.setattr(features_mod, "h5py", _Proxy(h5py, io, File=False))          # paths themselves
+    monkeypatch.setattr(parts_mod, "pq", _Proxy(pq, io, read_table=False))           # local readers open
+    monkeypatch.setattr(parts_mod, "h5py", _Proxy(h5py, io, File=False))             # paths themselves
     for module in (commit_mod, compact_mod, ledger_mod):
         monkeypatch.setattr(module, "failpoint", io.failpoint)
 

@@ -141,6 +141,8 @@ def start_requeued_now(job: str, env: dict) -> None:
         state = job_state(job, env)
         return int(state.get("Restarts", 0)) >= 1 and state.get("JobState") == "PENDING"
     assert wait_for(requeued, timeout=300, interval=0.5), job_state(job, env)
+    assert wait_for(lambda: "idle" in _run(["sinfo", "-h", "-o", "%t"], env).stdout, timeout=120, interval=0.5)
+    time.sleep(2)             # a credential made in the second its job was killed counts as revoked
     _run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env)
 
 
