@@ -4,6 +4,7 @@ No Ray here; the page in a real browser is tested in test_demo.py."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from html.parser import HTMLParser
@@ -223,3 +224,15 @@ def test_svg_charts_are_well_formed():
         assert page.tags >= {"svg", "text"} and "<&>" not in chart.replace("&lt;&amp;&gt;", "")
     counts = Page(svg.histogram([1, 2, 2, 3], "h", "x", integer=True))
     assert "1 2 3" in counts.words                                             # one bin per whole number
+
+
+@pytest.mark.parametrize("high", [1, 3, 7, 13, 97, 0.37, 1234, 5e6, 0.004, 42.5])
+def test_axis_ticks_are_round_and_cover_the_data(high):
+    from pipeline.report.svg import nice_ticks
+
+    ticks = nice_ticks(high)
+    step = ticks[1] - ticks[0]
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert ticks[0] == 0 and ticks[-1] >= high and len(ticks) <= 6
+    assert any(abs(mantissa - b) < 1e-9 for b in (1, 2, 2.5, 5))
+    assert all(abs(t - i * step) < 1e-9 * max(1.0, high) for i, t in enumerate(ticks))

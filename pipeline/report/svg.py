@@ -54,12 +54,13 @@ def _bars(title: str, x_label: str, y_label: str, labels: list[str], series: dic
           gap: float) -> str:
     """The shared drawing: axes, y ticks, stacked bars, every few x labels, a legend for named series."""
     stacks = np.vstack([np.nan_to_num(v) for v in series.values()])
-    top = float(stacks.sum(axis=0).max()) or 1.0
+    ticks = nice_ticks(float(stacks.sum(axis=0).max()))
+    top = ticks[-1]
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / len(labels)
     width = max(min(step * (1 - gap), MAX_BAR), 1.0)
     y = lambda v: TOP + plot_h * (1 - v / top)                         # noqa: E731
-    parts = [_header(title), *_y_axis(top, y, y_label)]
+    parts = [_header(title), *_y_axis(ticks, y, y_label)]
     for i, label in enumerate(labels):
         base = 0.0
         for j, name in enumerate(series):
@@ -86,8 +87,20 @@ def _header(title: str) -> str:
             f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>')
 
 
-def _y_axis(top: float, y, label: str) -> list[str]:
-    ticks = [top * i / 4 for i in range(5)]
+def nice_ticks(high: float, most: int = 6) -> list[float]:
+    """Axis ticks from 0 at round steps (1, 2, 2.5 or 5 × 10^k), at most `most`, the last ≥ `high`."""
+    if not high > 0 or not math.isfinite(high):
+        return [0.0, 1.0]
+    for power in range(math.floor(math.log10(high / most)) - 1, math.floor(math.log10(high)) + 2):
+        for base in (1, 2, 2.5, 5):
+            step = base * 10.0 ** power
+            count = math.ceil(high / step - 1e-9)
+            if count + 1 <= most:
+                return [round(i * step, 12) for i in range(count + 1)]
+    return [0.0, high]
+
+
+def _y_axis(ticks: list[float], y, label: str) -> list[str]:
     parts = [f'<line x1="{LEFT}" y1="{y(t):.1f}" x2="{WIDTH - RIGHT}" y2="{y(t):.1f}" stroke="#ddd"/>'
              f'<text x="{LEFT - 4}" y="{y(t) + 3:.1f}" font-size="10" text-anchor="end">{_number(t)}</text>'
              for t in ticks]
