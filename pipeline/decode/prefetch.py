@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator, Sequence
 
+from pipeline.decode.source import resolve
 from pipeline.decode.spool import spooled
 from pipeline.errors import DecodeError
 
@@ -74,7 +75,7 @@ class Prefetcher:
             return
         uri, video = self.items[i]
         try:
-            fs, path = _remote(uri, video)
+            fs, path = resolve(uri, video)
         except DecodeError as exc:
             self.pending[i] = _done(exception=exc)
             return
@@ -83,20 +84,6 @@ class Prefetcher:
             return
         self.pool = self.pool or ThreadPoolExecutor(1, thread_name_prefix="vidfeat-prefetch")
         self.pending[i] = self.pool.submit(_spool, fs, path, video, self.stop)
-
-
-def _remote(uri: str, video: str):
-    """(fs, path) for a remote uri, (None, local path) for a local one; DecodeError for a bad url."""
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    from pipeline.decode.spool import http_options
-
-    try:
-        fs, path = fsspec.core.url_to_fs(uri, **http_options(uri))
-    except (ValueError, ImportError) as exc:
-        raise DecodeError(video, "io", f"cannot open {uri!r}: {exc}") from exc
-    return (None, path) if isinstance(fs, LocalFileSystem) else (fs, path)
 
 
 def _spool(fs, path: str, video: str, stop: threading.Event) -> tuple[contextlib.ExitStack, str]:

@@ -20,19 +20,25 @@ def local_copy(uri: str, video: str | None = None) -> Iterator[str]:
     """A local path for `uri`: local paths and file:// as they are; any other fsspec URL is spooled to a
     local file (spool.py: stall deadline, bounded spool) that is removed on exit (also on error or when
     a generator using it is closed)."""
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
     video = video or uri
-    try:
-        fs, path = fsspec.core.url_to_fs(uri, **http_options(uri))
-    except (ValueError, ImportError) as exc:
-        raise DecodeError(video, "io", f"cannot open {uri!r}: {exc}") from exc
-    if isinstance(fs, LocalFileSystem):
+    fs, path = resolve(uri, video)
+    if fs is None:
         yield path
         return
     with spooled(fs, path, video) as local:
         yield local
+
+
+def resolve(uri: str, video: str):
+    """(fs, path) of a remote `uri`, (None, path) of a local one; DecodeError ("io") for a bad URL."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **http_options(uri))
+    except (ValueError, ImportError) as exc:
+        raise DecodeError(video, "io", f"cannot open {uri!r}: {exc}") from exc
+    return (None, path) if isinstance(fs, LocalFileSystem) else (fs, path)
 
 
 def open_video(path: str, video: str):
