@@ -195,7 +195,11 @@ def manifest_durations(source: str, n: int) -> list[float] | None:
     name = next((c for c in DURATION_COLUMNS if c in table.column_names), None)
     if name is None or table.num_rows != n or table.column(name).null_count:
         return None
-    return [float(v) for v in table.column(name).to_pylist()]
+    try:
+        durations = [float(v) for v in table.column(name).to_pylist()]
+    except (TypeError, ValueError):                    # not numbers: estimate from the sample instead
+        return None
+    return durations if all(math.isfinite(d) and d >= 0 for d in durations) else None
 
 
 def gpu_check_rate(path: str | None) -> float | None:

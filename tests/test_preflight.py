@@ -98,3 +98,13 @@ def test_nodes_cover_the_gpu_hours_and_the_decoding_left_over():
     nodes = nodes_by_deadline(report, types, deadline_h=10)
     assert nodes == {"gpu": 2, "cpu": math.ceil((1000 - 2 * 184) / 64)}
     assert parse_hours("8h") == 8 and parse_hours("90m") == 1.5 and parse_hours("2d") == 48
+
+
+def test_a_duration_column_that_is_not_numbers_is_ignored_not_fatal(mixed, tmp_path):
+    from pipeline.preflight import manifest_durations
+
+    _, rows = mixed
+    bad = [{**r, "duration_s": "n/a" if i == 0 else r["duration_s"]} for i, r in enumerate(rows)]
+    assert manifest_durations(write_manifest(tmp_path / "bad.csv", bad, with_duration=True), VIDEOS) is None
+    good = manifest_durations(write_manifest(tmp_path / "good.csv", rows, with_duration=True), VIDEOS)
+    assert good == pytest.approx([r["duration_s"] for r in rows])
