@@ -24,8 +24,13 @@ from test_decode import cfg, videos  # noqa: F401 - the fixture
 
 
 class Trickle(http.server.BaseHTTPRequestHandler):
-    """Serves `data` with range support; `chunk` bytes every `pause` s, stalling for good after `stall_at`."""
-    data, chunk, pause, stall_at = b"", 65536, 0.0, None
+    """Serves `data` with range support (unless `ranges` is off: then 200 and the whole file); `chunk`
+    bytes every `pause` s, stalling for good after `stall_at`. `asked` collects the GETs' Range headers,
+    `most` the most GETs in flight at once."""
+    data, chunk, pause, stall_at, ranges = b"", 65536, 0.0, None, True
+    asked: list = []
+    most = 0
+    lock = threading.Lock()
 
     def do_HEAD(self):
         if self._missing():
@@ -36,11 +41,19 @@ class Trickle(http.server.BaseHTTPRequestHandler):
         if self._missing():
             return
         start, end = 0, len(self.data) - 1
-        match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        self.asked.append(self.headers.get("Range"))
+        match = self.ranges and re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if match:
             start, end = int(match.group(1)), min(end, int(match.group(2) or end))
         self._headers(end - start + 1, 206 if match else 200, start, end)
-        self._send(start, end + 1)
+        with Trickle.lock:                                          # counted per server: a stalled
+            self.server.busy += 1                                   # handler of an earlier test sleeps on
+            Trickle.most = max(Trickle.most, self.server.busy)
+        try:
+            self._send(start, end + 1)
+        finally:
+            with Trickle.lock:
+                self.server.busy -= 1
 
     def _missing(self) -> bool:
         if self.path == "/video.mp4":
@@ -64,9 +77,10 @@ class Trickle(http.server.BaseHTTPRequestHandler):
                 if self.stall_at is not None and pos >= self.stall_at:
                     time.sleep(30)
                     return
+                if pos > start:
+                    time.sleep(self.pause)
                 self.wfile.write(self.data[pos:min(stop, pos + self.chunk)])
                 self.wfile.flush()
-                time.sleep(self.pause)
         except OSError:
             pass
 
@@ -78,13 +92,14 @@ class Trickle(http.server.BaseHTTPRequestHandler):
 def server(videos):
     Trickle.data = open(videos["pal"], "rb").read()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    httpd.daemon_threads = True
+    httpd.daemon_threads, httpd.busy = True, 0
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/video.mp4"
     finally:
         httpd.shutdown()
-        Trickle.pause, Trickle.stall_at, Trickle.chunk = 0.0, None, 65536
+        Trickle.pause, Trickle.stall_at, Trickle.chunk, Trickle.ranges = 0.0, None, 65536, True
+        Trickle.asked, Trickle.most = [], 0
 
 
 def test_a_slow_download_that_flows_is_never_cut(server, monkeypatch):
@@ -145,6 +160,63 @@ def test_a_missing_url_is_not_found_and_a_refused_one_is_io(server):
     with pytest.raises(DecodeError) as err:
         list(decode_clips(f"http://127.0.0.1:{free_port()}/video.mp4", cfg(timeout_s=0)))
     assert err.value.kind == "io" and "cannot reach" in err.value.reason
+
+
+# --- concurrent ranged reads (issue #18 #2): the download a prefetch cannot hide, several times sooner ----
+
+def spool_bytes(uri: str) -> bytes:
+    from pipeline.decode.source import local_copy
+
+    with local_copy(uri, "v") as path:
+        return open(path, "rb").read()
+
+
+@pytest.fixture
+def small_ranges(monkeypatch):
+    """Ranges of 512 bytes, 4 at a time, so that a test video is many ranges and several windows."""
+    from pipeline.decode import ranged
+
+    monkeypatch.setattr(ranged, "RANGE", 512)
+    monkeypatch.setenv("VIDFEAT_DOWNLOAD_STREAMS", "4")
+    assert len(Trickle.data) > 2 * 4 * 512, "the test video must span several windows"
+
+
+def test_a_remote_video_arrives_as_concurrent_ranges_byte_for_byte(server, small_ranges):
+    Trickle.chunk, Trickle.pause = 128, 0.01                       # each range takes a while: they overlap
+    assert spool_bytes(server) == Trickle.data
+    ranges = [r for r in Trickle.asked if r]
+    assert len(ranges) == -(-len(Trickle.data) // 512) and len(ranges) == len(Trickle.asked)
+    assert Trickle.most > 1                                         # several streams at once, at most 4
+    assert Trickle.most <= 4
+
+
+def test_a_store_that_ignores_ranges_is_read_as_one_stream(server, small_ranges):
+    Trickle.ranges = False                                          # 200 and the whole file for any range
+    assert spool_bytes(server) == Trickle.data
+    assert Trickle.asked[-1] is None or Trickle.asked[-1].startswith("bytes=0-")
+
+
+def test_one_stream_when_told_and_a_stalled_range_fails_saying_so(server, small_ranges, monkeypatch):
+    monkeypatch.setenv("VIDFEAT_DOWNLOAD_STREAMS", "1")
+    assert spool_bytes(server) == Trickle.data
+    assert len(Trickle.asked) == 1                                  # one stream: one GET
+    monkeypatch.setenv("VIDFEAT_DOWNLOAD_STREAMS", "4")
+    monkeypatch.setenv("VIDFEAT_DOWNLOAD_STALL_S", "1")
+    Trickle.chunk, Trickle.stall_at = 512, len(Trickle.data) // 2
+    with pytest.raises(DecodeError) as err:
+        spool_bytes(server)
+    assert err.value.kind == "io" and "download stalled: no bytes for 1 s after" in err.value.reason
+    assert own_spools() == []
+
+
+def test_a_video_on_s3_arrives_as_ranges_and_a_missing_one_is_not_found(s3, small_ranges, videos):
+    data = open(videos["pal"], "rb").read()
+    s3["fs"].pipe(f"{s3['bucket']}/ranged/pal.mp4", data)
+    assert spool_bytes(f"s3://{s3['bucket']}/ranged/pal.mp4") == data
+    with pytest.raises(DecodeError) as err:
+        spool_bytes(f"s3://{s3['bucket']}/ranged/missing.mp4")
+    assert err.value.kind == "not_found"
+    assert own_spools() == []
 
 
 # --- prefetching (issue #18 #2): the next remote video of a task spools while the current one decodes ------

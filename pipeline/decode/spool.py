@@ -1,9 +1,9 @@
 """Remote videos spooled to local disk: downloads that may take hours but never hang, and a spool that
 cannot fill the disk.
 
-A video at any fsspec URL that is not local is copied, in 4 MiB reads, to
-`<tmp>/vidfeat-spool/<pid>-<random>/video.<ext>` before decoding. Each read has a stall deadline
-(`VIDFEAT_DOWNLOAD_STALL_S`, default 60 s without a byte): a transfer that flows is never cut, whatever
+A video at any fsspec URL that is not local is copied to `<tmp>/vidfeat-spool/<pid>-<random>/video.<ext>`
+before decoding: as concurrent ranged reads where the store allows it (ranged.py), else in 4 MiB reads.
+Each read has a stall deadline (`VIDFEAT_DOWNLOAD_STALL_S`, default 60 s without a byte): a transfer that flows is never cut, whatever
 its length (for http(s), aiohttp's total timeout is lifted and its socket-read timeout set to the same
 deadline), and one that stalls fails as `io: download stalled: no bytes for 60 s after 12.0 of 20.0 MiB`.
 Before a download starts, the spool keeps `VIDFEAT_SPOOL_RESERVE_MB` (default 1024) free on its disk:
@@ -23,6 +23,7 @@ import threading
 import uuid
 from typing import Iterator
 
+from pipeline.decode import ranged
 from pipeline.errors import DecodeError
 from pipeline.storage import DeadlineExceeded, within
 
@@ -58,8 +59,10 @@ def download(fs, path: str, local: str, video: str, stop: threading.Event | None
     try:
         size = _size(fs, path)
         _check_room(os.path.dirname(local), size, video)
-        with within(stall_s(), fs.open, path, "rb") as src, open(local, "wb") as dst:
-            _copy(src, dst, size, video, stop)
+        with open(local, "wb") as dst:
+            if not _copied_in_ranges(fs, path, dst, size, video, stop):
+                with within(stall_s(), fs.open, path, "rb") as src:
+                    _copy(src, dst, size, video, stop)
     except DecodeError:
         raise
     except FileNotFoundError as exc:
@@ -71,6 +74,20 @@ def download(fs, path: str, local: str, video: str, stop: threading.Event | None
     except Exception as exc:                                       # network and storage errors of many types
         reason = str(exc) or repr(exc)
         raise DecodeError(video, "io", f"download failed: {type(exc).__name__}: {reason}") from exc
+
+
+def _copied_in_ranges(fs, path: str, dst, size: int | None, video: str, stop) -> bool:
+    """Whether `path` was copied as concurrent ranges (ranged.py); False (and `dst` emptied) when the
+    store does not read that way, to be read as one stream."""
+    if not ranged.applies(fs, size):
+        return False
+    try:
+        ranged.copy_ranges(fs, path, dst, size, video, stall_s(), stop)
+        return True
+    except ranged.RangesIgnored:
+        dst.seek(0)
+        dst.truncate()
+        return False
 
 
 def _not_found(exc: FileNotFoundError, video: str) -> DecodeError:
