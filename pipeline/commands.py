@@ -28,6 +28,9 @@ def add_extract_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-failure-rate", type=float, help="stop (exit 3) when more than this fraction fails")
     ap.add_argument("--drain-s", type=float,
                     help="on SIGTERM/SIGINT, seconds the clips in flight may take to finish (default 60)")
+    ap.add_argument("--metrics-port", type=int,
+                    help="serve the run's Prometheus metrics on 127.0.0.1:PORT (an embedded Ray; "
+                         "a cluster's nodes serve their own)")
     ap.add_argument("--batch-size", type=int, help="clips per inference batch")
     ap.add_argument("--num-actors", type=int, help="inference actors (default: one per GPU, else 1)")
     ap.add_argument("--crops", type=int, choices=(1, 3), help="1 centre crop or 3 crops along the long side")
@@ -63,7 +66,8 @@ def config_from_args(args: argparse.Namespace):
              ("run", "address"): args.address, ("run", "max_failure_rate"): args.max_failure_rate,
              ("run", "batch_size"): args.batch_size, ("run", "num_actors"): args.num_actors,
              ("preprocess", "crops"): args.crops, ("decode", "mode"): args.decode_mode,
-             ("run", "videos_per_task"): args.videos_per_task, ("run", "drain_s"): args.drain_s}
+             ("run", "videos_per_task"): args.videos_per_task, ("run", "drain_s"): args.drain_s,
+             ("run", "metrics_port"): args.metrics_port}
     for (section, key), value in flags.items():
         if value is not None:
             sections[section][key] = value
@@ -185,7 +189,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate sample videos, then run the real pipeline on them with a random-weight `tiny` model."""
-    from pipeline.plan.samples import write_demo_set
+    from pipeline.plan.demo_set import write_demo_set
 
     videos = os.path.join(args.out, "samples")
     write_demo_set(videos)

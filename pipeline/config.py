@@ -87,6 +87,9 @@ class RunConfig:
                                        # corpus size (at most ~4,100 tasks; see feed.py)
     commit_every: int = 64             # videos per committed part
     drain_s: float = 60.0              # on SIGTERM / SIGINT, seconds the clips in flight may take to finish
+    metrics_port: int = 0              # an embedded run serves Ray's Prometheus metrics on 127.0.0.1:PORT
+                                       # (0: not served; a cluster's nodes serve their own, metrics.py)
+    metrics_linger_s: float = 15.0     # ... and keeps serving the final values this long after the run
     compact: bool = True               # merge small committed parts into large files at the end of a run
     compact_target_mb: int = 256       # size of a compacted segment's largest file (its HDF5 file)
     max_failure_rate: float = 1.0      # fail the run when more than this fraction of videos fails

@@ -3,13 +3,17 @@ an address; telling Ray's own failures from a task's; leaving a Ray that a signa
 """
 from __future__ import annotations
 
+import logging
 import os
 
+log = logging.getLogger(__name__)
 
-def connect_ray(address: str | None) -> bool:
-    """Join the cluster at `address` / RAY_ADDRESS, else start an embedded local Ray bound to 127.0.0.1.
+
+def connect_ray(address: str | None, metrics_port: int = 0) -> bool:
+    """Join the cluster at `address` / RAY_ADDRESS, else start an embedded local Ray bound to 127.0.0.1
+    (serving its Prometheus metrics on 127.0.0.1:`metrics_port`, published every second, when given).
     Returns True when this call started or joined Ray (and so must shut down / disconnect)."""
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = None if embedded(address) else address or os.environ.get("RAY_ADDRESS")
     if not address or address.split("://")[-1].rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
         # single node on loopback; Ray reads this when it is first imported
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -18,13 +22,41 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
+        if metrics_port:
+            log.warning("--metrics-port serves an embedded Ray's metrics; on the cluster at %s every node "
+                        "serves its own (ray start --metrics-export-port)", address)
         ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
         return True
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    _check_port_free(metrics_port)
+    metrics = {"_metrics_export_port": metrics_port,
+               "_system_config": {"metrics_report_interval_ms": 1000}} if metrics_port else {}
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False, **metrics)
     from pipeline.run.ray_reaper import reap_on_driver_death
 
     reap_on_driver_death()                  # an embedded Ray dies with its driver, even by SIGKILL
     return True
+
+
+def _check_port_free(port: int) -> None:
+    """A clear error for a metrics port that cannot be served (out of range, or taken), before Ray starts."""
+    import socket
+
+    from pipeline.errors import ConfigError
+
+    if not port:
+        return
+    if not 0 < port < 65536:
+        raise ConfigError(f"--metrics-port must be a TCP port (1-65535), got {port}")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {port}: 127.0.0.1:{port} cannot be served ({exc.strerror})") from None
+
+
+def embedded(address: str | None) -> bool:
+    """Whether a run with `address` starts its own Ray (no address given, none in RAY_ADDRESS)."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
 
 
 def forwarded_env() -> dict[str, str]:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.run import results
-from pipeline.run.cluster import abandon_ray, cluster_failure, connect_ray
+from pipeline.run.cluster import abandon_ray, cluster_failure, connect_ray, embedded
 from pipeline.run.collector import VideoCollector
 from pipeline.run.drain import GracefulStop, pulled
+from pipeline.run.metrics import RunMetrics, live_metrics
 from pipeline.store.commit import PartWriter, provenance, write_part
 from pipeline.config import Config
 from pipeline.corpus import Corpus, load_corpus
@@ -60,6 +61,7 @@ class RunSummary:
     decode_s: float = 0.0
     infer_s: float = 0.0
     commit_s: float = 0.0
+    bytes_written: int = 0                                  # Parquet and HDF5 bytes committed
     compact_s: float = 0.0                                  # folding the ledger and compacting, at the end
     upkeep_error: str | None = None                         # why folding or compacting failed, if it did
     stopped: str | None = None                              # why the run stopped early (--max-failure-rate)
@@ -179,13 +181,16 @@ def _stream_until_stopped(todo: Corpus, config: Config, writer: PartWriter, summ
 
 def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, listener: RunListener) -> None:
     """Run the Ray Data graph over `todo` and commit results as they come."""
-    started_ray = connect_ray(config.run.address)
+    run = config.run
+    started_ray = connect_ray(run.address, run.metrics_port)
     try:
         listener.started(len(todo), summary.total, writer.ledger.out)
         ds = build_dataset(todo, config)
         gc.freeze()                         # what exists now (torch, Ray, the corpus) lives for the run:
                                             # Python's garbage collector stops walking it (measured: -30%)
-        _consume(ds, todo, config, writer, summary, listener)
+        served = run.metrics_port if started_ray and embedded(run.address) else 0
+        with live_metrics(ds, summary, served, run.metrics_linger_s) as metrics:
+            _consume(ds, todo, config, writer, summary, listener, metrics)
         if summary.interrupted:                    # leave now: Ray's executor may still be mid-stream
             started_ray = started_ray and abandon_ray()
             return
@@ -207,7 +212,7 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
 
 
 def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary,
-             listener: RunListener) -> None:
+             listener: RunListener, metrics: RunMetrics) -> None:
     """Iterate the results, commit as parts fill; whatever is complete is committed also when the run
     stops early (an exception, the failure rate)."""
     collector, stop = VideoCollector(todo.table), GracefulStop(config.run.drain_s, listener.stopping)
@@ -218,6 +223,8 @@ def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunS
                 failpoint("driver.result")
                 _take(batch, collector, writer, listener, summary)
                 writer.maybe_commit()
+                metrics.update(summary)
+                metrics.set("videos_in_flight", len(collector.in_flight()))
                 _check_failure_rate(summary, config.run.max_failure_rate, len(todo))
         if stop.signal is None:
             for event in collector.unfinished():

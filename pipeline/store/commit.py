@@ -60,7 +60,8 @@ class PartWriter:
         start = time.perf_counter()
         part = f"part-{self.provenance['run_id']}-{self.seq:05d}"
         self.ledger.check_fence()
-        write_part(self.ledger, part, self.videos, self.clips, self.failures, self.provenance)
+        self.summary.bytes_written += write_part(self.ledger, part, self.videos, self.clips, self.failures,
+                                                 self.provenance)
         failpoint("commit.data")
         if self.pin:
             self.ledger.pin(*self.pin)
@@ -89,8 +90,8 @@ class PartWriter:
 
 
 def write_part(ledger: Ledger, part: str, videos: list[dict], clips: dict[str, list[dict]],
-               failures: list[dict], provenance: dict) -> None:
-    """Write and publish the data files of one part (not its ledger record)."""
+               failures: list[dict], provenance: dict) -> int:
+    """Write and publish the data files of one part (not its ledger record); their bytes in all."""
     writers = {"failures": lambda path: parquet_sink.write_failures(failures, path)} if failures else {}
     if videos:
         dim, classes = len(videos[0]["embedding"]), len(videos[0]["logits"])
@@ -99,11 +100,14 @@ def write_part(ledger: Ledger, part: str, videos: list[dict], clips: dict[str, l
             "videos": lambda path: parquet_sink.write_videos(videos, dim, classes, path),
             "clips": lambda path: parquet_sink.write_clips(all_clips, dim, classes, path),
             "hdf5": lambda path: hdf5_sink.write_part(videos, clips, dim, classes, provenance, path)})
+    written = 0
     with tempfile.TemporaryDirectory(prefix="vidfeat-part-") as tmp:
         for sub, write in writers.items():
             local = os.path.join(tmp, f"{sub}-{segments.file_name(part, sub)}")
             write(local)
+            written += os.path.getsize(local)
             publish_file(local, ledger.url(sub, segments.file_name(part, sub)))
+    return written
 
 
 def provenance(config: Config, sha: str, fingerprint: str, run_id: str) -> dict:

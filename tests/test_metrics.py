@@ -1,0 +1,125 @@
+"""Live metrics (issue #21): a run exports its counters and gauges through Ray's metrics API; an embedded
+run serves them on 127.0.0.1:--metrics-port while it runs, and its last values equal the run summary."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from pipeline.plan.samples import write_index_video
+from pipeline.run import metrics as run_metrics
+from pipeline.run.queue import rows_waiting
+
+from conftest import free_port, ray_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SUMMARY_OF = {"ray_vidfeat_videos_done": "ok", "ray_vidfeat_videos_failed": "failed",
+              "ray_vidfeat_clips": "clips", "ray_vidfeat_decode_seconds": "decode_s",
+              "ray_vidfeat_infer_seconds": "infer_s", "ray_vidfeat_bytes_written": "bytes_written"}
+
+
+def scrape_run(proc: subprocess.Popen, port: int) -> tuple[list[dict], str]:
+    """Every scrape of 127.0.0.1:`port` that showed vidfeat series, until `proc` ends; the last one's text."""
+    seen, text = [], ""
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            raw = run_metrics.scrape_text(port, timeout_s=1)
+            if run_metrics.parse(raw):
+                seen.append(run_metrics.parse(raw))
+                text = raw
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return seen, text
+
+
+def test_a_run_serves_its_metrics_while_it_runs_and_they_end_equal_to_its_summary(tmp_path):
+    videos, out, port, n = tmp_path / "videos", str(tmp_path / "out"), free_port(), 80
+    videos.mkdir()
+    for i in range(n):
+        write_index_video(str(videos / f"v{i:02d}.mp4"), num_frames=40 + 400 * (i % 3))
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64)
+    (tmp_path / "run.yaml").write_text("run:\n  commit_every: 2\n  metrics_linger_s: 2\n  num_decoders: 1\n")
+    args = ["extract", str(videos), "--out", out, "--preset", "tiny", "--checkpoint", "random",
+            "--config", str(tmp_path / "run.yaml"), "--no-progress", "--metrics-port", str(port)]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=ray_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, text = scrape_run(proc, port)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr                                  # one video failed: exit 1
+    (run,) = [json.load(open(p))["summary"] for p in glob.glob(os.path.join(out, "runs", "*.json"))]
+    assert run["ok"] == n and run["failed"] == 1 and run["bytes_written"] > 0
+    done = [s.get("ray_vidfeat_videos_done", 0) for s in seen]
+    assert any(0 < d < n for d in done), done                            # scraped mid-run, counting up
+    assert done == sorted(done)
+    last = seen[-1]
+    for name, field in SUMMARY_OF.items():
+        assert last[name] == pytest.approx(run[field], rel=1e-6), name
+    assert last["ray_vidfeat_video_seconds"] == pytest.approx(run["video_hours"] * 3600, rel=1e-6)
+    assert last["ray_vidfeat_rows_waiting"] == 0 and last["ray_vidfeat_videos_in_flight"] == 0
+    assert any("ray_vidfeat_rows_waiting" in s for s in seen[:-1])       # read from the executor mid-run
+    served = set(re.findall(r"^(ray_vidfeat_\w+)[{ ]", text, re.M))
+    dashboard = open(os.path.join(ROOT, "docs", "grafana_dashboard.json")).read()
+    asked = set(re.findall(r"ray_vidfeat_\w+", dashboard))
+    assert len(asked) >= 7 and asked <= served, asked - served         # the dashboard asks for real series
+
+
+def test_counters_take_what_the_summary_gained_since_the_last_update(monkeypatch):
+    sent = []
+
+    class Counter:
+        def __init__(self, name, *a, **kw):
+            self.name = name
+
+        def inc(self, value, tags):
+            sent.append((self.name, value, tags["run"]))
+
+    monkeypatch.setattr("ray.util.metrics.Counter", Counter)
+    metrics = run_metrics.RunMetrics("r1")
+    summary = SimpleNamespace(ok=2, failed=0, clips=5, video_hours=0.5, decode_s=1.5, infer_s=0.25,
+                              bytes_written=1000)
+    metrics.update(summary)
+    summary.ok, summary.clips, summary.bytes_written = 3, 7, 1500
+    metrics.update(summary)
+    metrics.update(summary)                                              # nothing new: nothing sent
+    totals = {}
+    for name, value, run in sent:
+        assert run == "r1" and value > 0
+        totals[name] = totals.get(name, 0) + value
+    assert totals == {"vidfeat_videos_done": 3, "vidfeat_clips": 7, "vidfeat_video_seconds": 1800,
+                      "vidfeat_decode_seconds": 1.5, "vidfeat_infer_seconds": 0.25, "vidfeat_bytes_written": 1500}
+    assert metrics.expected()["ray_vidfeat_clips"] == 7
+
+
+def test_rows_waiting_are_the_decoded_rows_not_yet_given_to_an_inference_task():
+    def op(name, inputs=(), **fields):
+        return SimpleNamespace(name=name, input_dependencies=list(inputs), metrics=SimpleNamespace(**fields))
+
+    read = op("ReadVideoSource->MapBatches(decode_videos)", rows_task_outputs_generated=30, row_outputs_taken=21)
+    infer = op("MapBatches(ClipEmbedder)", [read], num_row_inputs_received=21, rows_inputs_of_submitted_tasks=16)
+    assert rows_waiting([read, infer]) == (30 - 21) + (21 - 16)
+
+
+def test_a_metrics_port_that_cannot_be_served_is_refused_before_ray_starts():
+    import socket
+
+    from pipeline.errors import ConfigError
+    from pipeline.run.cluster import _check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match="cannot be served"):
+            _check_port_free(taken.getsockname()[1])
+    with pytest.raises(ConfigError, match="1-65535"):
+        _check_port_free(70000)
+    _check_port_free(0)                                                   # 0: no metrics served, no check
