@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from browser import Chromium, chromium_path
+from pipeline.plan.demo_set import SAMPLES
 from pipeline.plan.samples import write_index_video
+from pipeline.read.features import read_table
 
 from conftest import ray_env
 
@@ -59,15 +61,37 @@ def test_console_shows_only_our_lines_and_the_summary(demo):
     assert ray_lines(done.stdout) == [] and ray_lines(done.stderr) == []
     assert done.stderr == "", done.stderr                                   # not even one stray line
     out = done.stdout
-    assert "extracting 4 videos (0 of 4 already done or failed)" in out and "on Ray: 1 node" in out
-    assert "videos: 4 ok, 0 failed, 0 skipped (of 4)" in out and "time per stage" in out
+    n = len(SAMPLES)
+    assert f"extracting {n} videos (0 of {n} already done or failed)" in out and "on Ray: 1 node" in out
+    assert f"videos: {n} ok, 0 failed, 0 skipped (of {n})" in out and "time per stage" in out
     progress = [line for line in out.splitlines() if line.startswith("videos ") and " | clips " in line]
-    assert progress and progress[-1].startswith("videos 4/4 | clips ") and progress[-1].endswith("done")
+    assert progress and progress[-1].startswith(f"videos {n}/{n} | clips ") and progress[-1].endswith("done")
     assert "\r" not in out                                                  # not a terminal: whole lines
     log = open(printed_path("Ray's logs", out)).read()
     assert os.path.dirname(printed_path("Ray's logs", out)) == str(root / "logs")
     assert "Token authentication is enabled" in log and "Execution plan of Dataset" in log
     assert os.path.exists(printed_path("report", out))
+
+
+def test_the_samples_look_like_video_and_even_random_weights_pair_them(demo):
+    """Each sample's nearest video (cosine of the random-weight tiny model's video embeddings) is the other
+    stretch of its own source, and the frames are pictures (many colours), not block patterns."""
+    root, _ = demo
+    table = read_table(str(root / "demo" / "features"), "videos", ["video_id", "embedding"])
+    ids = table.column("video_id").to_pylist()
+    emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    names = [s.name for s in SAMPLES]
+    partner = {names[i]: names[i ^ 1] for i in range(len(names))}               # pairs: (0, 1), (2, 3), ...
+    assert sorted(ids) == sorted(names)
+    assert {v: ids[int(np.argmax(sim[i]))] for i, v in enumerate(ids)} == {v: partner[v] for v in ids}
+    import av
+
+    with av.open(str(root / "demo" / "samples" / names[2])) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert len(np.unique(frame.reshape(-1, 3), axis=0)) > 200                  # a picture, not black/white
 
 
 def test_verbose_shows_rays_logs(tmp_path):
@@ -97,7 +121,8 @@ def test_report_in_a_real_browser(demo, browser):
     report = printed_path("report", done.stdout)
     page = browser.load("file://" + os.path.abspath(report))
     assert page.errors == []
-    assert len(page.images) == 4 * 4 and all(i["ok"] for i in page.images), page.images   # 4 queries × (1 + 3)
+    assert len(page.images) == 4 * (1 + 4) and all(i["ok"] for i in page.images), page.images  # 4 queries
+                                                                                  # × (itself + 4 nearest)
     assert all(u.startswith("data:") or u == "file://" + os.path.abspath(report) for u in page.requests)
     from PIL import Image
 

@@ -84,10 +84,10 @@ def write_index_video(
     """
     import av
 
-    pts = _frame_pts(num_frames, fps, timestamps)
+    pts = frame_pts(num_frames, fps, timestamps)
     options = {"movflags": "+faststart"} if faststart and path.endswith((".mp4", ".mov")) else {}
     with av.open(path, "w", options=options) as out:
-        stream = _add_stream(out, fps, width, height, lossless, bframes, gop, codec, open_gop)
+        stream = add_stream(out, fps, width, height, lossless, bframes, gop, codec, open_gop)
         if rotation:
             stream.set_display_rotation(rotation)
         for i in range(num_frames):
@@ -98,7 +98,7 @@ def write_index_video(
     return path
 
 
-def _frame_pts(num_frames: int, fps: float, timestamps: Sequence[float] | None) -> list[int]:
+def frame_pts(num_frames: int, fps: float, timestamps: Sequence[float] | None) -> list[int]:
     if timestamps is None:
         timestamps = [i / fps for i in range(num_frames)]
     if len(timestamps) != num_frames:
@@ -109,7 +109,7 @@ def _frame_pts(num_frames: int, fps: float, timestamps: Sequence[float] | None) 
     return pts
 
 
-def _add_stream(out, fps, width, height, lossless, bframes, gop, codec, open_gop):
+def add_stream(out, fps, width, height, lossless, bframes, gop, codec, open_gop):
     rate = Fraction(fps).limit_denominator(1001)
     if lossless:
         stream = out.add_stream("libx264rgb", rate=rate, options={"crf": "0", "preset": "ultrafast"})
@@ -213,15 +213,3 @@ def write_huge_duration_claim(src: str, path: str) -> str:
             at = data.find(box, at + 4)
     open(path, "wb").write(bytes(data))
     return path
-
-
-def write_demo_set(out_dir: str) -> list[str]:
-    """A handful of small index videos (CFR, VFR, portrait) for `vidfeat demo`; returns their paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    vfr = list(np.cumsum([0.0] + [1 / 30 if i % 3 else 1 / 12 for i in range(1, 150)]))
-    return [
-        write_index_video(os.path.join(out_dir, "cfr30.mp4"), 300, 30.0),
-        write_index_video(os.path.join(out_dir, "ntsc.mp4"), 240, 30000 / 1001),
-        write_index_video(os.path.join(out_dir, "vfr.mp4"), 150, 30.0, timestamps=vfr),
-        write_index_video(os.path.join(out_dir, "portrait.mp4"), 200, 25.0, width=48, height=64),
-    ]
