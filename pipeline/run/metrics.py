@@ -1,15 +1,16 @@
 """Live metrics of a run, exported through Ray's metrics API, so that the Ray dashboard, Prometheus and
 Grafana (docs/grafana_dashboard.json) show a running extraction.
 
-Counters (Prometheus names; Ray adds the `ray_` prefix), each tagged with the run's id (`run`):
+Counters (Prometheus names: Ray adds the `ray_` prefix, Prometheus the `_total` suffix), each tagged
+with the run's id (`run`):
 
-    ray_vidfeat_videos_done       videos extracted and handed to the writer (the summary's `ok`)
-    ray_vidfeat_videos_failed     videos that failed (`failed`)
-    ray_vidfeat_clips             clips of the videos done (`clips`)
-    ray_vidfeat_video_seconds     seconds of video done (`video_hours` × 3600)
-    ray_vidfeat_decode_seconds    seconds the decode tasks spent on the clips that came back (`decode_s`)
-    ray_vidfeat_infer_seconds     seconds the inference actors spent on them (`infer_s`)
-    ray_vidfeat_bytes_written     bytes of Parquet and HDF5 committed (`bytes_written`)
+    ray_vidfeat_videos_done_total     videos extracted and handed to the writer (the summary's `ok`)
+    ray_vidfeat_videos_failed_total   videos that failed (`failed`)
+    ray_vidfeat_clips_total           clips of the videos done (`clips`)
+    ray_vidfeat_video_seconds_total   seconds of video done (`video_hours` × 3600)
+    ray_vidfeat_decode_seconds_total  seconds the decode tasks spent on the clips that came back (`decode_s`)
+    ray_vidfeat_infer_seconds_total   seconds the inference actors spent on them (`infer_s`)
+    ray_vidfeat_bytes_written_total   bytes of Parquet and HDF5 committed (`bytes_written`)
 
 Gauges: `ray_vidfeat_rows_waiting` (decoded clips queued for inference: the rows in the inference
 operator's input queues, read from Ray Data's executor at each of its steps, queue.py) and
