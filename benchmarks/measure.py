@@ -31,6 +31,24 @@ def memory_mib(pid: int | str = "self") -> dict[str, float]:
         return {}
 
 
+def supervised_driver(pid: int, wait_s: float = 30.0) -> int:
+    """The driver process of a `vidfeat extract` started as `pid`: its supervised child (pipeline/
+    supervise.py), which holds the run; `pid` itself if it has none within `wait_s`."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                children = fh.read().split()
+        except OSError:
+            return pid
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    return pid
+
+
 def cpu_seconds(pids=(), children: bool = False) -> float:
     """User+system CPU seconds of this process (or, with `children`, of its waited-for children) plus
     those of the live processes `pids` (a decode worker, say: getrusage does not see them until waited)."""

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import scale_setup as setup  # noqa: E402
-from measure import cpu_seconds, kill_tree, memory_mib, moto_s3  # noqa: E402
+from measure import cpu_seconds, kill_tree, memory_mib, moto_s3, supervised_driver  # noqa: E402
 from timing import timed_interleaved  # noqa: E402
 
 from pipeline.config import Config  # noqa: E402
@@ -103,13 +103,13 @@ def cmd_first_commit(args) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", manifest, "--out", out, "--preset", "tiny",
                              "--checkpoint", "random", "--no-progress"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first, rss = None, []
+    first, rss, driver = None, [], supervised_driver(proc.pid)   # the run's process, not its supervisor
     while time.time() - started < args.limit_s and (first is None or time.time() - first < args.after_s):
-        rss.append(memory_mib(proc.pid).get("VmRSS"))
+        rss.append(memory_mib(driver).get("VmRSS"))
         if first is None and os.path.isdir(os.path.join(out, "ledger")) and Ledger(out).load().records:
             first = time.time()
         time.sleep(0.25)
-    peak = memory_mib(proc.pid).get("VmHWM")
+    peak = memory_mib(driver).get("VmHWM")
     kill_tree(proc)                 # the driver, its embedded Ray and Ray's workers: no other Ray
     report("first-commit", rows=args.rows, first_commit_s=(first - started) if first else None,
            driver_peak_rss_mib=peak, driver_rss_at_end_mib=rss[-1] if rss else None,

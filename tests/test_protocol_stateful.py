@@ -269,7 +269,7 @@ def failure_event(vid: str) -> dict:
 
 
 class Summary:
-    ok = clips = failed = 0
+    ok = clips = failed = bytes_written = 0
     video_hours = commit_s = 0.0
     first_commit_s = None
 
