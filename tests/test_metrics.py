@@ -100,13 +100,14 @@ def test_counters_take_what_the_summary_gained_since_the_last_update(monkeypatch
     assert metrics.expected()["ray_vidfeat_clips"] == 7
 
 
-def test_rows_waiting_are_the_decoded_rows_not_yet_given_to_an_inference_task():
+def test_rows_waiting_are_the_decoded_rows_not_yet_out_of_inference():
     def op(name, inputs=(), **fields):
         return SimpleNamespace(name=name, input_dependencies=list(inputs), metrics=SimpleNamespace(**fields))
 
-    read = op("ReadVideoSource->MapBatches(decode_videos)", rows_task_outputs_generated=30, row_outputs_taken=21)
-    infer = op("MapBatches(ClipEmbedder)", [read], num_row_inputs_received=21, rows_inputs_of_submitted_tasks=16)
-    assert rows_waiting([read, infer]) == (30 - 21) + (21 - 16)
+    source = op("Input", rows_task_outputs_generated=0)
+    read = op("ReadVideoSource->MapBatches(decode_videos)", [source], rows_task_outputs_generated=30)
+    infer = op("MapBatches(ClipEmbedder)", [read], rows_task_outputs_generated=21)
+    assert rows_waiting([source, read, infer]) == 30 - 21
 
 
 def test_a_metrics_port_that_cannot_be_served_is_refused_before_ray_starts():
@@ -123,3 +124,41 @@ def test_a_metrics_port_that_cannot_be_served_is_refused_before_ray_starts():
     with pytest.raises(ConfigError, match="1-65535"):
         _check_port_free(70000)
     _check_port_free(0)                                                   # 0: no metrics served, no check
+
+
+WAITING_SCRIPT = """
+import json, os, time
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+import numpy as np, ray
+from pipeline.run.queue import watching
+
+class ClipEmbedder:                      # named like the pipeline's inference stage; slower than its input
+    def __call__(self, batch):
+        time.sleep(0.05)
+        return batch
+
+def one_row_batches(batch):              # like the decode stage: one row per yielded batch, and resources
+                                         # of its own (not fused with inference)
+    for x in batch["id"]:
+        yield {"id": np.array([x])}
+
+ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=2)
+ds = ray.data.range(100, override_num_blocks=2).map_batches(one_row_batches, batch_size=None, num_cpus=0.5)
+ds = ds.map_batches(ClipEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+seen = []
+with watching(ds, seen.append):
+    rows = sum(len(b["id"]) for b in ds.iter_batches(batch_size=None))
+print("RESULT", json.dumps({"rows": rows, "seen": seen}))
+ray.shutdown()
+"""
+
+
+def test_rows_waiting_read_from_a_real_ray_data_executor_rise_while_inference_lags_and_end_at_zero():
+    done = subprocess.run([sys.executable, "-c", WAITING_SCRIPT], env=ray_env(), capture_output=True, text=True,
+                          timeout=300)
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    assert done.returncode == 0 and line, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(line[0][len("RESULT "):])
+    seen = result["seen"]
+    assert result["rows"] == 100 and len(seen) >= 3, seen
+    assert max(seen) > 1 and all(0 <= v <= 100 for v in seen) and seen[-1] == 0, seen

@@ -12,8 +12,8 @@ with the run's id (`run`):
     ray_vidfeat_infer_seconds_total   seconds the inference actors spent on them (`infer_s`)
     ray_vidfeat_bytes_written_total   bytes of Parquet and HDF5 committed (`bytes_written`)
 
-Gauges: `ray_vidfeat_rows_waiting` (decoded clips queued for inference: the rows in the inference
-operator's input queues, read from Ray Data's executor at each of its steps, queue.py) and
+Gauges: `ray_vidfeat_rows_waiting` (decoded clips not yet out of inference: queued for it or in a batch,
+read from Ray Data's executor at each of its steps, queue.py) and
 `ray_vidfeat_videos_in_flight` (videos some clips of have come back, but not all).
 
 The driver owns the numbers: `RunMetrics.update(summary)` adds to each counter what the summary gained
@@ -42,7 +42,7 @@ COUNTERS = {
     "infer_seconds": ("seconds of inference of the clips back", lambda s: s.infer_s),
     "bytes_written": ("bytes of features committed", lambda s: s.bytes_written),
 }
-GAUGES = {"rows_waiting": "decoded clips queued for inference",
+GAUGES = {"rows_waiting": "decoded clips not yet out of inference",
           "videos_in_flight": "videos some clips of are back, not all"}
 
 

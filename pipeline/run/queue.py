@@ -3,12 +3,14 @@
 The executor (in the driver) calls each registered `ExecutionCallback` at every step of its loop.
 `WaitingRows` reads, at most once a second, the runtime metrics Ray Data keeps per operator:
 
-    decode output rows not yet taken by inference   rows_task_outputs_generated − row_outputs_taken
-  + rows inference received but not yet given a task  num_row_inputs_received − rows_inputs_of_submitted_tasks
+    rows the decode operator's tasks put out − rows the inference operator's tasks put out
 
-and reports the sum to the gauge of the run being watched (`watching(ds, gauge)`). Those fields are Ray
-Data's own (it exports them as `ray_data_*` too, per operator, without a row count between two named
-stages); if a Ray version lacks them, the gauge stays unset and the run goes on.
+(`rows_task_outputs_generated` of each): the decoded clips that are queued for inference or inside an
+inference batch, and reports them to the gauge of the run being watched (`watching(ds, gauge)`).
+Inference puts out one row per row it takes (a clip's result, or a failure passed through), so the
+difference is what sits between the two. Ray Data bundles the decode stage's one-row outputs into blocks
+and hands an actor several rows per task, so neither queue lengths nor rows handed to tasks count clips
+waiting. If a Ray version lacks these fields, the gauge stays unset and the run goes on.
 """
 from __future__ import annotations
 
@@ -67,9 +69,7 @@ class WaitingRows(_callback_base()):
 
 
 def rows_waiting(operators: list) -> float:
-    """Rows decoded and not yet handed to an inference task, from the operators of the executor."""
+    """Rows decoded and not yet out of inference, from the operators of the executor."""
     infer = next(op for op in reversed(operators) if INFER_OP in op.name)
     decode = infer.input_dependencies[0]
-    out, into = decode.metrics, infer.metrics
-    return float(out.rows_task_outputs_generated - out.row_outputs_taken
-                 + into.num_row_inputs_received - into.rows_inputs_of_submitted_tasks)
+    return float(decode.metrics.rows_task_outputs_generated - infer.metrics.rows_task_outputs_generated)
