@@ -236,3 +236,20 @@ def test_axis_ticks_are_round_and_cover_the_data(high):
     assert ticks[0] == 0 and ticks[-1] >= high and len(ticks) <= 6
     assert any(abs(mantissa - b) < 1e-9 for b in (1, 2, 2.5, 5))
     assert all(abs(t - i * step) < 1e-9 * max(1.0, high) for i, t in enumerate(ticks))
+
+
+@pytest.mark.parametrize("values", [[8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0103, 8.0167], [0.3, 5, 42, 97.2],
+                                    list(np.random.default_rng(1).exponential(300, 400)), [3.0, 3.2, 3.9]])
+def test_histogram_bins_are_round_and_their_labels_distinct(values):
+    from pipeline.report.svg import round_edges
+
+    edges, decimals = round_edges(min(values), max(values), 8)
+    step = edges[1] - edges[0]
+    mantissa = step / 10 ** math.floor(math.log10(step) + 1e-9)
+    assert any(abs(mantissa - b) < 1e-6 for b in (1, 2, 2.5, 5)) and len(edges) - 1 <= 8
+    assert edges[0] <= min(values) and edges[-1] >= max(values)
+    assert all(abs(e / step - round(e / step)) < 1e-6 for e in edges)             # multiples of the width
+    page = Page(svg.histogram(values, "h", "seconds", bins=8))
+    labels = [w for w in page.words.split() if w[0].isdigit()]
+    shown = [f"{e:.{decimals}f}" if decimals else svg._number(e) for e in edges[:-1]]
+    assert len(set(shown)) == len(shown) and set(shown) <= set(labels)           # 8, 8, 8.01 … no more

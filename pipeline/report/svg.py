@@ -27,9 +27,9 @@ def histogram(values: Sequence[float], title: str, x_label: str, *, bins: int | 
     if not len(values):
         return _empty(title)
     bins = bins or int(np.clip(2 * math.sqrt(len(values)), 5, 30))
-    edges = _edges(values, max(bins, 30) if integer else bins, integer)
+    edges, decimals = _edges(values, max(bins, 30) if integer else bins, integer)
     counts, _ = np.histogram(values, edges)
-    labels = [_number(e) for e in edges[:-1]]
+    labels = [_number(e) if decimals is None else f"{e:.{decimals}f}" for e in edges[:-1]]
     return _bars(title, x_label, "videos", labels, {"": counts.astype(float)}, gap=0.15 if integer else 0.0)
 
 
@@ -41,13 +41,32 @@ def bar_chart(labels: Sequence[str], series: dict[str, Sequence[float]], title: 
                  {k: np.asarray(v, np.float64) for k, v in series.items()}, gap=0.2)
 
 
-def _edges(values: np.ndarray, bins: int, integer: bool) -> np.ndarray:
+def _edges(values: np.ndarray, bins: int, integer: bool) -> tuple[np.ndarray, int | None]:
+    """Bin edges, and the decimals their labels need (None: `_number`'s short form)."""
     low, high = float(values.min()), float(values.max())
     if integer and high - low + 1 <= bins:
-        return np.arange(math.floor(low), math.floor(high) + 2, dtype=np.float64)
+        return np.arange(math.floor(low), math.floor(high) + 2, dtype=np.float64), None
     if high == low:
-        return np.array([low - 0.5, low + 0.5]) if integer else np.array([low, low + max(abs(low), 1.0) * 1e-3])
-    return np.linspace(low, high, bins + 1)
+        return (np.array([low - 0.5, low + 0.5]) if integer else np.array([low, low + max(abs(low), 1.0) * 1e-3])), None
+    return round_edges(low, high, bins)
+
+
+def round_edges(low: float, high: float, most: int) -> tuple[np.ndarray, int | None]:
+    """At most `most` bins of a round width (1, 2, 2.5 or 5 × 10^k) from a multiple of it, covering
+    [low, high]; and the decimals that tell every edge apart (None when whole numbers do)."""
+    for step in _round_steps((high - low) / most, high - low):
+        start = math.floor(low / step + 1e-9) * step
+        count = max(1, math.ceil((high - start) / step - 1e-9))
+        if count <= most:
+            decimals = next(d for d in range(16) if abs(round(step, d) - step) < 1e-9 * step)
+            return start + step * np.arange(count + 1), decimals or None
+    return np.linspace(low, high, most + 1), None
+
+
+def _round_steps(smallest: float, largest: float):
+    for power in range(math.floor(math.log10(smallest)) - 1, math.floor(math.log10(largest)) + 2):
+        for base in (1, 2, 2.5, 5):
+            yield base * 10.0 ** power
 
 
 def _bars(title: str, x_label: str, y_label: str, labels: list[str], series: dict[str, np.ndarray],
