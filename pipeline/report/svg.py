@@ -64,6 +64,7 @@ def round_edges(low: float, high: float, most: int) -> tuple[np.ndarray, int | N
 
 
 def _round_steps(smallest: float, largest: float):
+    """Round widths (1, 2, 2.5, 5 × 10^k) from a tenth of `smallest` to ten times `largest`, ascending."""
     for power in range(math.floor(math.log10(smallest)) - 1, math.floor(math.log10(largest)) + 2):
         for base in (1, 2, 2.5, 5):
             yield base * 10.0 ** power
@@ -110,12 +111,10 @@ def nice_ticks(high: float, most: int = 6) -> list[float]:
     """Axis ticks from 0 at round steps (1, 2, 2.5 or 5 × 10^k), at most `most`, the last ≥ `high`."""
     if not high > 0 or not math.isfinite(high):
         return [0.0, 1.0]
-    for power in range(math.floor(math.log10(high / most)) - 1, math.floor(math.log10(high)) + 2):
-        for base in (1, 2, 2.5, 5):
-            step = base * 10.0 ** power
-            count = math.ceil(high / step - 1e-9)
-            if count + 1 <= most:
-                return [round(i * step, 12) for i in range(count + 1)]
+    for step in _round_steps(high / most, high):
+        count = math.ceil(high / step - 1e-9)
+        if count + 1 <= most:
+            return [round(i * step, 12) for i in range(count + 1)]
     return [0.0, high]
 
 

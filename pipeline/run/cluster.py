@@ -13,7 +13,7 @@ def connect_ray(address: str | None, metrics_port: int = 0) -> bool:
     """Join the cluster at `address` / RAY_ADDRESS, else start an embedded local Ray bound to 127.0.0.1
     (serving its Prometheus metrics on 127.0.0.1:`metrics_port`, published every second, when given).
     Returns True when this call started or joined Ray (and so must shut down / disconnect)."""
-    address = None if embedded(address) else address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if not address or address.split("://")[-1].rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
         # single node on loopback; Ray reads this when it is first imported
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
