@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -162,3 +163,36 @@ def test_rows_waiting_read_from_a_real_ray_data_executor_rise_while_inference_la
     seen = result["seen"]
     assert result["rows"] == 100 and len(seen) >= 3, seen
     assert max(seen) > 1 and all(0 <= v <= 100 for v in seen) and seen[-1] == 0, seen
+
+
+HOLD_SCRIPT = """
+import signal, sys, threading, time
+from types import SimpleNamespace
+from pipeline.run.metrics import hold_final
+metrics = SimpleNamespace(expected=lambda: {"ray_vidfeat_clips": 3.0})
+
+def announce():                                  # once the hold has taken SIGTERM
+    while signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        time.sleep(0.01)
+    print("holding", flush=True)
+
+threading.Thread(target=announce, daemon=True).start()
+seen = hold_final(metrics, int(sys.argv[1]), linger_s=3600, timeout_s=3600)
+print("returned", seen, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+"""
+
+
+def test_a_signal_ends_the_hold_of_the_final_values_and_the_handlers_are_restored():
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(free_port())], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    proc.send_signal(signal.SIGTERM)                       # a scheduler's stop while nothing serves the port
+    out, _ = proc.communicate(timeout=120)                 # a bound on waiting: the hold is an hour
+    assert proc.returncode == 0 and out.split() == ["returned", "False", "True"], out
+
+
+def test_a_negative_linger_is_no_linger():
+    from pipeline.run.metrics import hold_final
+
+    metrics = SimpleNamespace(expected=lambda: {})
+    assert hold_final(metrics, free_port(), linger_s=-5, timeout_s=0) is False

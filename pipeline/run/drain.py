@@ -27,6 +27,21 @@ POLL_S = 0.2
 _END = object()
 
 
+@contextlib.contextmanager
+def stop_signals(handler: Callable) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT go to `handler(signum, frame)`, the previous handlers restored
+    after. Only the main thread can take signals: elsewhere the block runs without."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 class GracefulStop:
     """The first SIGTERM / SIGINT asks for a stop (`signal`, `since`); a second one stops at once."""
 
@@ -39,15 +54,8 @@ class GracefulStop:
     @contextlib.contextmanager
     def handling(self) -> Iterator["GracefulStop"]:
         """Within the block (main thread only), SIGTERM and SIGINT are this stop's; restored after."""
-        if threading.current_thread() is not threading.main_thread():
+        with stop_signals(self._handle):
             yield self
-            return
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         from pipeline.errors import Terminated

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import urllib.request
 from typing import Iterator
@@ -86,10 +87,18 @@ def live_metrics(ds, summary, port: int = 0, linger_s: float = 0.0) -> Iterator[
         try:
             yield metrics
         finally:
-            metrics.update(summary)
-            metrics.set("videos_in_flight", 0)
+            _final_update(metrics, summary)
     if port and not summary.interrupted:
         hold_final(metrics, port, linger_s)
+
+
+def _final_update(metrics: RunMetrics, summary) -> None:
+    """The last update; a Ray that failed under the run must not hide why the run ended."""
+    try:
+        metrics.update(summary)
+        metrics.set("videos_in_flight", 0)
+    except Exception as exc:                                   # noqa: BLE001 - see docstring
+        log.warning("could not send the run's final metrics: %s: %s", type(exc).__name__, exc)
 
 
 def scrape(port: int, timeout_s: float = 2.0) -> dict[str, float]:
@@ -116,17 +125,22 @@ def parse(text: str) -> dict[str, float]:
 
 def hold_final(metrics: RunMetrics, port: int, linger_s: float, timeout_s: float = 30.0) -> bool:
     """Wait until 127.0.0.1:`port` serves the run's final counters (at most `timeout_s`), then `linger_s`
-    more. Whether they were seen."""
-    want, deadline, seen = metrics.expected(), time.monotonic() + timeout_s, False
-    while not seen and time.monotonic() < deadline:
-        try:
-            got = scrape(port)
-            seen = all(abs(got.get(k, 0.0) - v) <= 1e-6 * max(1.0, v) for k, v in want.items())
-        except OSError:
-            pass
-        if not seen:
-            time.sleep(0.2)
-    if not seen:
-        log.warning("the metrics on port %d did not reach the run's final values within %.0f s", port, timeout_s)
-    time.sleep(linger_s)
+    more. Whether they were seen. A SIGTERM or SIGINT meanwhile ends the wait at once: the run then
+    folds, records itself and releases its output as usual (a scheduler's stop must not wait for it)."""
+    from pipeline.run.drain import stop_signals
+
+    want, deadline, seen, stop = metrics.expected(), time.monotonic() + timeout_s, False, threading.Event()
+    with stop_signals(lambda *_: stop.set()):
+        while not seen and not stop.is_set() and time.monotonic() < deadline:
+            try:
+                got = scrape(port)
+                seen = all(abs(got.get(k, 0.0) - v) <= 1e-6 * max(1.0, v) for k, v in want.items())
+            except OSError:
+                pass
+            if not seen:
+                stop.wait(0.2)
+        if not seen and not stop.is_set():
+            log.warning("the metrics on port %d did not reach the run's final values within %.0f s", port,
+                        timeout_s)
+        stop.wait(max(0.0, linger_s))
     return seen
