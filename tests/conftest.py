@@ -26,6 +26,9 @@ from pipeline.plan.samples import write_index_video, write_random_bytes
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 os.environ.update(LOOPBACK_ENV)        # before anything imports ray: it reads these at import time
+# The scripts of the environment that runs the tests (`ray`, `vidfeat`) first on PATH: an environment's
+# python run without activating it starts that environment's Ray, not another installation's (or none).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
 def free_port() -> int:
@@ -135,7 +138,7 @@ def wait_for(predicate, timeout: float = 240, interval: float = 0.2) -> bool:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 and the environment that points fsspec/s3fs at it."""
-    pytest.importorskip("s3fs")
+    import s3fs  # noqa: F401  (the dev extra has it: missing, the S3 tests fail, as the Ray fixture does)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -87,7 +87,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 
 def test_fsspec_url_with_local_cache(tmp_path, tiny_pyth):
-    fsspec = pytest.importorskip("fsspec")
+    import fsspec
     path, _ = tiny_pyth
     url = "memory://ckpts/tiny.pyth"
     with fsspec.open(url, "wb") as fh:

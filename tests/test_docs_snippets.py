@@ -37,7 +37,5 @@ def test_the_page_covers_every_way_in():
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_snippet_runs(code, kit, tmp_path, monkeypatch):
-    if re.search(r"^import duckdb", code, re.M):
-        pytest.importorskip("duckdb", reason="duckdb is in the dev extra")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{DOC}:snippet", "exec"), {"OUT": kit.out, "LABELS": kit.labels, "__name__": "__snippet__"})
