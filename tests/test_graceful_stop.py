@@ -60,12 +60,27 @@ def test_nothing_in_flight_ends_the_stream_at_once_even_while_no_result_comes():
     assert stop.name == "SIGINT" and items == []
 
 
+class StepClock:
+    """A clock the test moves: one second for each result the driver takes."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_the_bound_ends_a_drain_that_does_not_finish():
-    stop = GracefulStop(drain_s=0.5)
-    signal_self_soon(signal.SIGTERM, 0.2)
+    clock = StepClock()
+    stop, taken = GracefulStop(drain_s=30, clock=clock), []
     with stop.handling():
-        items = list(pulled(slow_results(10**6, every_s=0.01), stop, lambda: {1}))   # never finishes
-    assert stop.name == "SIGTERM" and items and items[-1] < 10**6 - 1
+        for item in pulled(range(1000), stop, lambda: {1}):     # video 1 never finishes
+            taken.append(item)
+            clock.now += 1
+            if item == 9:
+                os.kill(os.getpid(), signal.SIGTERM)            # at clock 10: the bound ends it at 40
+    assert stop.name == "SIGTERM" and stop.since == 10 and clock.now == 40
+    assert taken == list(range(40))
 
 
 def test_a_second_signal_stops_at_once():

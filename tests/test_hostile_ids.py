@@ -90,11 +90,25 @@ def test_text_that_is_not_unicode_is_refused_naming_the_row(tmp_path):
         load_corpus(str(jsonl))
 
 
+def decode_stage_ids(rows: dict) -> list[str]:
+    """The ids in the rows the Ray decode stage yields for `rows` (videos that do not exist: one failure
+    row each, which carries its id like a clip row)."""
+    from pipeline.config import Config
+    from pipeline.run.decode_stage import decode_videos
+
+    batch = {"row": np.arange(len(rows["uri"])), "video_id": np.array(rows["video_id"], dtype=object),
+             "uri": np.array(rows["uri"], dtype=object)}
+    config = Config.from_preset("tiny").replace(decode={"timeout_s": 0}).to_dict()
+    out = list(decode_videos(batch, config))
+    assert all(b["stage"][0] == "decode" for b in out)
+    return [b["video_id"][0] for b in out]
+
+
 def test_unicode_twins_and_long_ids_stay_distinct_in_a_manifest(tmp_path):
     ids = hostile_ids(40, seed=3)
     manifest = str(tmp_path / "m.parquet")
     pq.write_table(pa.table({"video_id": ids, "uri": [f"/v{i}.mp4" for i in range(len(ids))]}), manifest)
     corpus = load_corpus(manifest)
     assert corpus.ids.to_pylist() == ids
-    assert np.array(ids, dtype=object).tolist() == ids            # what the decode stage carries
+    assert decode_stage_ids(corpus.table.to_pydict()) == ids      # and through the decode stage's rows
     shutil.rmtree(tmp_path)

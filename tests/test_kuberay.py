@@ -1,4 +1,4 @@
-"""The KubeRay RayJob example (jobs/kuberay_rayjob.yaml) parses, and its job command is the extraction
+"""The KubeRay RayJob example (jobs/kuberay_rayjob.yaml) parses, and its job command is an extraction
 with arguments `vidfeat extract` accepts, on a cluster shaped for it (issue #21)."""
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def rayjob() -> dict:
         return yaml.safe_load(fh)
 
 
-def test_the_rayjob_runs_the_extraction_with_arguments_the_cli_accepts():
+def test_the_rayjobs_entrypoint_parses_as_an_extraction_the_cli_accepts():
+    """Parsed, not run: its command line is `python -m jobs.extract` with arguments `vidfeat extract`
+    accepts and a config that loads (the extraction itself is tested by the pipeline and Slurm tests)."""
     job = rayjob()
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     argv = shlex.split(job["spec"]["entrypoint"])

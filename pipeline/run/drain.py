@@ -45,8 +45,9 @@ def stop_signals(handler: Callable) -> Iterator[None]:
 class GracefulStop:
     """The first SIGTERM / SIGINT asks for a stop (`signal`, `since`); a second one stops at once."""
 
-    def __init__(self, drain_s: float = 60.0, on_signal: Callable[[str, float], None] = lambda name, s: None):
-        self.drain_s, self.on_signal = drain_s, on_signal
+    def __init__(self, drain_s: float = 60.0, on_signal: Callable[[str, float], None] = lambda name, s: None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.drain_s, self.on_signal, self.clock = drain_s, on_signal, clock
         self.signal: int | None = None
         self.since = 0.0
         self.waiting: set[int] | None = None            # videos in flight when the stop was noticed
@@ -62,7 +63,7 @@ class GracefulStop:
 
         if self.signal is not None:                      # the second signal: stop now
             raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-        self.signal, self.since = signum, time.monotonic()
+        self.signal, self.since = signum, self.clock()
         log.info("%s: finishing the clips in flight (at most %.0f s; a second signal stops at once)",
                  self.name, self.drain_s)
         self.on_signal(self.name, self.drain_s)
@@ -78,7 +79,7 @@ class GracefulStop:
             return False
         if self.waiting is None:
             self.waiting = set(in_flight)
-        if time.monotonic() - self.since >= self.drain_s:
+        if self.clock() - self.since >= self.drain_s:
             log.warning("%d video(s) still in flight after %.0f s: left for the next run",
                         len(self.waiting & in_flight), self.drain_s)
             return True
