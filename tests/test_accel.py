@@ -1,12 +1,14 @@
 """Inference speed-ups keep the numbers: bf16 matmul weights, compiled blocks, chunked pinned uploads.
 
 CPU tests cover the logic (autocast on the CPU casts Linear and Conv2d to bf16 the same way CUDA's does;
-torch.compile with the "eager" backend traces the same graphs as inductor without generating code).
-The CUDA tests (pinned double buffers, inductor, CUDA graphs) are skipped without a GPU.
+torch.compile with a recording backend gets the same graphs as inductor and runs them as they are, so a
+test sees what was compiled and that the compiled code ran). The CUDA tests (pinned double buffers,
+inductor, CUDA graphs) are skipped without a GPU.
 """
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -54,33 +56,67 @@ def test_bf16_matmul_weights_are_bit_identical_under_autocast(attention_type):
     assert not torch.equal(ref[0], forward(model, x, amp=False)[0])      # autocast did change the numbers
 
 
-def test_compiled_blocks_match_eager_and_all_blocks_share_one_graph():
-    import torch._dynamo
-    from torch._dynamo.utils import counters
+class RecordingBackend:
+    """A torch.compile backend that keeps every graph dynamo hands it and counts the runs of the code it
+    returns (the graph itself, run eagerly): a test sees what was compiled and that the compiled code ran."""
 
+    def __init__(self):
+        self.graphs: list[torch.fx.GraphModule] = []
+        self.runs = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs) -> Callable:
+        self.graphs.append(gm)
+
+        def run(*args):
+            self.runs += 1
+            return gm.forward(*args)
+        return run
+
+    def ops(self) -> set[str]:
+        """The names of the functions and methods the recorded graphs call."""
+        return {getattr(n.target, "__name__", str(n.target)) for g in self.graphs for n in g.graph.nodes
+                if n.op in ("call_function", "call_method")}
+
+
+@pytest.fixture()
+def backend():
+    """A fresh RecordingBackend, with dynamo's caches emptied before and after (no graph of another test
+    is reused, and no test meets the recompile limit because of earlier ones)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield RecordingBackend()
+    torch._dynamo.reset()
+
+
+def test_compiled_blocks_match_eager_and_all_blocks_share_one_graph(backend):
     model, x = random_model(), clip_batch()
     ref = forward(model, x, amp=False)
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = compile_blocks(copy.deepcopy(model), backend="eager")
+    compiled = compile_blocks(copy.deepcopy(model), backend=backend)
+    forward(compiled, clip_batch(seed=2), amp=False)
     out = forward(compiled, x, amp=False)
-    out = forward(compiled, clip_batch(seed=1), amp=False)
     assert torch.allclose(out[0], ref[0], atol=1e-5) and torch.allclose(out[1], ref[1], atol=1e-5)
-    assert counters["stats"]["unique_graphs"] == 1                         # three blocks, one graph
+    assert len(backend.graphs) == 1 and backend.runs == 2 * len(model.blocks)   # three blocks, one graph
+    assert {"linear", "scaled_dot_product_attention", "layer_norm"} <= backend.ops()
 
 
 @pytest.mark.parametrize("attention_type", ["joint_space_time", "space_only"])
-def test_compiled_blocks_of_other_attention_types_match_eager(attention_type):
+def test_compiled_blocks_of_other_attention_types_match_eager(backend, attention_type):
     model, x = random_model(attention_type), clip_batch()
-    compiled = compile_blocks(copy.deepcopy(model), backend="eager")
+    compiled = compile_blocks(copy.deepcopy(model), backend=backend)
     assert torch.allclose(forward(compiled, x, amp=False)[0], forward(model, x, amp=False)[0], atol=1e-5)
+    assert len(backend.graphs) == 1 and backend.runs == len(model.blocks)
 
 
-@pytest.mark.parametrize("scope", ["model", "blocks"])
-def test_compiled_forward_scopes_match_eager(scope):
+@pytest.mark.parametrize("scope, runs", [("model", 1), ("blocks", 3)])
+def test_compiled_forward_scopes_match_eager(backend, scope, runs):
+    """"model" compiles the whole forward into one graph run once a call (patch embedding and final
+    norm in it too); "blocks" compiles one block graph, run once per block, the rest eager."""
     model, x = random_model(), clip_batch()
-    fn = compiled_forward(copy.deepcopy(model), scope, backend="eager")
+    fn = compiled_forward(copy.deepcopy(model), scope, backend=backend)
     assert torch.allclose(forward(model, x, fn, amp=False)[0], forward(model, x, amp=False)[0], atol=1e-5)
+    assert len(backend.graphs) == 1 and backend.runs == runs
+    assert ("conv2d" in backend.ops()) == (scope == "model")
 
 
 def test_compiled_forward_names_bad_settings():
@@ -102,12 +138,27 @@ def test_defaults_cast_matmul_weights_once_for_bf16_and_compile_nothing():
 
 
 def test_prepare_model_casts_weights_only_for_bf16_autocast():
-    on = ModelConfig(bf16_weights=True, compile=True)
+    on = ModelConfig(bf16_weights=True)
     model, fn = prepare_model(random_model(), on, torch.device("cpu"), torch.bfloat16)
-    assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
-    assert fn == model.forward_features                                   # compile is CUDA only
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16 and fn == model.forward_features
     model, _ = prepare_model(random_model(), on, torch.device("cpu"), torch.float32)
     assert model.blocks[0].attn.qkv.weight.dtype == torch.float32          # fp32 runs need fp32 weights
+
+
+def test_prepare_model_compiles_on_cuda_only(monkeypatch, backend):
+    """`compile` is a CUDA setting: on the CPU the eager forward comes back; on a (faked) CUDA device the
+    forward over `compile_scope` is compiled (here by the recording backend instead of inductor)."""
+    from pipeline.run import infer
+
+    m, x = ModelConfig(compile=True, compile_scope="blocks"), clip_batch()
+    model, fn = prepare_model(random_model(), m, torch.device("cpu"), torch.float32)
+    assert fn == model.forward_features
+    monkeypatch.setattr(infer, "compiled_forward", lambda *a, **kw: compiled_forward(*a, **kw, backend=backend))
+    model = random_model()
+    monkeypatch.setattr(model, "to", lambda device: model)               # stays on the CPU
+    model, fn = prepare_model(model, m, torch.device("cuda"), torch.float32)
+    assert torch.allclose(forward(model, x, fn, amp=False)[0], forward(random_model(), x, amp=False)[0], atol=1e-5)
+    assert len(backend.graphs) == 1 and backend.runs == len(model.blocks)
 
 
 @pytest.mark.parametrize("chunk", [0, 1, 2, 3, 9])
@@ -152,10 +203,15 @@ def test_pinned_uploads_deliver_every_chunk_exactly():
                                       dict(compile=True, compile_scope="blocks", compile_mode="reduce-overhead",
                                            bf16_weights=True, upload_chunk=1)])
 def test_cuda_speedups_keep_the_embeddings(settings):
+    from torch._dynamo.utils import counters
+
     frames = tiny_frames(5)
     ref = embedder(precision="bf16", bf16_weights=False).embed(frames)
+    torch._dynamo.reset()
+    counters.clear()
     fast = embedder(precision="bf16", **settings)
     out = fast.embed(frames)
+    assert (counters["stats"]["unique_graphs"] > 0) == settings.get("compile", False)   # inductor compiled
     for a, b in zip(out, ref):
         assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
     if settings == dict(bf16_weights=True):
@@ -227,19 +283,22 @@ def test_failed_rows_are_left_out_of_the_forward():
     assert list(out["error"])[1] == "decode: bad"
 
 
-def test_a_compiled_model_always_gets_full_batches(monkeypatch):
+def test_a_compiled_model_always_gets_full_batches(monkeypatch, backend):
+    """A run's short last batch is padded to the batch size, so the compiled graph is not compiled again
+    for it (the model is compiled here as prepare_model compiles it on CUDA, by the recording backend)."""
     e = embedder(compile=True)
     monkeypatch.setattr(e, "device", torch.device("cuda"))              # fixed_rows is a CUDA concern
     e.config = e.config.replace(run={"batch_size": 4})
     assert e.fixed_rows == 4
     monkeypatch.setattr(e, "device", torch.device("cpu"))
-    shapes = []
-    forward = e.forward
-    e.forward = lambda x: shapes.append(len(x)) or forward(x)
+    compiled, rows = compiled_forward(e.model, backend=backend), []
+    e.forward = lambda x: rows.append(len(x)) or compiled(x)
+    e.embed(tiny_frames(4, seed=1))
     frames = tiny_frames(3)
     emb, logits = e.embed(frames)
     ref, ref_logits = embedder().embed(frames)
-    assert shapes == [4] and emb.shape == (3, 64)
+    assert rows == [4, 4] and emb.shape == (3, 64)
+    assert len(backend.graphs) == 1 and backend.runs == 2                # one graph, never recompiled
     assert np.allclose(emb, ref, atol=1e-5) and np.allclose(logits, ref_logits, atol=1e-5)
 
 

@@ -11,6 +11,7 @@ import glob
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -97,28 +98,43 @@ def test_compaction_merges_parts_into_few_files_with_the_same_rows(output):
     assert live_files(output, "videos")[0].startswith("part-run0-00000-c")
 
 
-def test_a_remote_hdf5_member_is_fetched_once_and_read_locally(output, monkeypatch, tmp_path):
+def spy_on_s3_reads(monkeypatch) -> tuple[list, list]:
+    """From now on, in this process: s3fs's GetObject requests for HDF5 files, as (key, byte range or None
+    for the whole object), and its opens of HDF5 files for reading, as paths."""
+    from s3fs import S3FileSystem
+
+    gets, opens = [], []
+    call_s3, open_ = S3FileSystem._call_s3, S3FileSystem._open
+
+    async def spy_call(self, method, *args, **kw):
+        if method == "get_object" and kw.get("Key", "").endswith(".h5"):
+            gets.append((kw["Key"], kw.get("Range")))
+        return await call_s3(self, method, *args, **kw)
+
+    def spy_open(self, path, mode="rb", *args, **kw):
+        if path.endswith(".h5") and "r" in mode:
+            opens.append(path)
+        return open_(self, path, mode, *args, **kw)
+    monkeypatch.setattr(S3FileSystem, "_call_s3", spy_call)
+    monkeypatch.setattr(S3FileSystem, "_open", spy_open)
+    return gets, opens
+
+
+def test_a_remote_hdf5_member_is_fetched_once_and_read_locally(s3, monkeypatch, tmp_path):
     """On an object store h5py's small reads cost a request each, twice over (layout, then rows): each
-    HDF5 member is fetched whole, once, and merged from the copy (which is removed)."""
-    import types
-
-    from fsspec.implementations.local import LocalFileSystem
-
-    from pipeline.store import compaction
-
-    before = snapshot(output)
-    monkeypatch.setattr(compaction, "storage", types.SimpleNamespace(is_local=lambda fs: False))
-    fetched, opened = [], []
-    get_file, open_ = LocalFileSystem.get_file, LocalFileSystem.open
-    monkeypatch.setattr(LocalFileSystem, "get_file", lambda self, a, b, **kw: fetched.append(a) or get_file(self, a, b, **kw))
-    monkeypatch.setattr(LocalFileSystem, "open", lambda self, path, *a, **kw: opened.append(path) or open_(self, path, *a, **kw))
-    compact(output, target_mb=1)
-    members = [p for p in fetched if p.endswith(".h5")]
-    assert len(members) == len(set(members)) == PARTS                        # each member fetched once
-    assert not [p for p in opened if p.endswith(".h5") and "/hdf5/" in p]    # and never read remotely
+    HDF5 member on S3 (moto) is fetched whole, once, and merged from the copy (which is removed)."""
+    url, parts = f"s3://{s3['bucket']}/compact-remote-hdf5", 8
+    build_output(url, parts)
+    before = snapshot(url)
+    members = [p.split("/", 1)[1] for p in s3["fs"].ls(f"{url}/hdf5", refresh=True)]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))                 # where compaction's copies go
+    gets, opens = spy_on_s3_reads(monkeypatch)
+    compact(url, target_mb=1)
+    assert len(members) == parts and sorted(gets) == [(key, None) for key in sorted(members)]  # once, whole
+    assert not opens                                                        # never read remotely
     monkeypatch.undo()
-    assert_same(before, snapshot(output))
-    assert not glob.glob(f"{output}/**/*.member-*", recursive=True) and not glob.glob(f"{tmp_path}/**/*.member-*")
+    assert_same(before, snapshot(url))
+    assert not os.listdir(tmp_path) and not [p for p in s3["fs"].find(url) if ".member-" in p]
 
 
 def test_plan_merges_runs_of_small_segments_only():

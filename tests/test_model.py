@@ -6,16 +6,14 @@ path untested — and the checkpoint goes through the same files a user would ha
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pipeline.model import TimeSformer, load_timesformer
 from pipeline.model.timesformer import resize_pos_embed, resize_time_embed
-
-transformers = pytest.importorskip("transformers")
 
 TOL = 1e-5
 HEADS = 4
@@ -33,6 +31,9 @@ def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def hf_model(attention_type="divided_space_time", frames=4, image=32, patch=8, layers=2, labels=7):
+    """A random HF Timesformer; the test that builds one is skipped where transformers is missing (the
+    other tests of this module do not need it)."""
+    transformers = pytest.importorskip("transformers")
     cfg = transformers.TimesformerConfig(
         image_size=image, patch_size=patch, num_frames=frames, hidden_size=64, num_hidden_layers=layers,
         num_attention_heads=HEADS, intermediate_size=256, num_labels=labels, attention_type=attention_type,
@@ -146,19 +147,34 @@ def test_pos_embed_resize_is_2d_grid_nearest():
     assert out[1:].reshape(4, 6).tolist() == want
 
 
-def test_frame_and_size_overrides_match_the_official_forward_rule(tmp_path):
-    """Loading with num_frames/img_size overrides = running the original on the bigger input (where the
-    official forward interpolates on the fly) = the explicit nearest interpolation of the embeddings."""
+def hf_on_bigger_input(ref, frames: int, image: int):
+    """HF's model laid out for `frames` × `image` inputs but holding `ref`'s embeddings, as a checkpoint
+    run on a bigger input: HF's forward resizes them on the fly (1-D nearest over time, 2-D nearest over
+    the patch grid), as the official forward does. (HF's blocks read the frame and grid counts from their
+    config, so they are built for the bigger input; their weights do not depend on it.)"""
+    big = hf_model(frames=frames, image=image)
+    big.timesformer.embeddings = copy.deepcopy(ref.timesformer.embeddings)
+    big.load_state_dict(ref.state_dict())
+    return big.eval()
+
+
+@pytest.mark.parametrize("frames, image", [(8, 48), (3, 40)])
+def test_frame_and_size_overrides_match_the_official_forward_rule(tmp_path, frames, image):
+    """Loading with num_frames/img_size overrides (embeddings resized once, at load), and the model loaded
+    without them run on the bigger input (resized on the fly) = HF's reference model running the original
+    checkpoint on the bigger input."""
     ref = hf_model()
     path = tmp_path / "hf.bin"
     torch.save(ref.state_dict(), path)
     base = load_timesformer(str(path), num_heads=HEADS)
-    bigger = load_timesformer(str(path), num_heads=HEADS, num_frames=8, img_size=48)
-    assert bigger.time_embed.shape[1] == 8 and bigger.pos_embed.shape[1] == 1 + 36
-    want_te = F.interpolate(base.time_embed.transpose(1, 2), size=8, mode="nearest").transpose(1, 2)
-    torch.testing.assert_close(bigger.time_embed, want_te, atol=0, rtol=0)
-    x = torch.randn(1, 3, 8, 48, 48, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(our_outputs(bigger, x)[0], our_outputs(base, x)[0], atol=TOL, rtol=0)
+    bigger = load_timesformer(str(path), num_heads=HEADS, num_frames=frames, img_size=image)
+    grid = image // 8
+    assert bigger.time_embed.shape[1] == frames and bigger.pos_embed.shape[1] == 1 + grid * grid
+    x = torch.randn(2, 3, frames, image, image, generator=torch.Generator().manual_seed(2))
+    want = hf_outputs(hf_on_bigger_input(ref, frames, image), x)
+    for model in (bigger, base):
+        for got, expected in zip(our_outputs(model, x), want):
+            torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
 
 
 def test_random_weights_are_seeded():
