@@ -209,11 +209,19 @@ class _Proxy:
         return call
 
 
-def install(monkeypatch, fs, io: Storage) -> None:
+def file_systems(url: str) -> list:
+    """The fsspec instances behind `url`: the publishers' and readers' (fsspec caches it), and the
+    ledger's own, which keeps no listings cache (ledger.py)."""
+    shared, ledgers = url_to_fs(url)[0], url_to_fs(url, use_listings_cache=False)[0]
+    return [shared] if shared is ledgers else [shared, ledgers]
+
+
+def install(monkeypatch, url: str, io: Storage) -> None:
     """Route every storage call of the ledger, the publishers and the readers through `io`."""
-    for name in READS + WRITES:
-        if hasattr(fs, name):
-            monkeypatch.setattr(fs, name, _fs_wrapper(io, name, getattr(fs, name)))
+    for fs in file_systems(url):
+        for name in READS + WRITES:
+            if hasattr(fs, name):
+                monkeypatch.setattr(fs, name, _fs_wrapper(io, name, getattr(fs, name)))
     monkeypatch.setattr(publish_mod, "os", _Proxy(os, io, replace=True, link=True, unlink=True))
     monkeypatch.setattr(parts_mod, "pq", _Proxy(pq, io, read_table=False))           # local readers open
     monkeypatch.setattr(parts_mod, "h5py", _Proxy(h5py, io, File=False))             # paths themselves
@@ -980,16 +988,17 @@ def _settings(examples: int, steps: int) -> settings:
 
 def _machine(monkeypatch, out_factory):
     io = Storage()
-    install(monkeypatch, url_to_fs(out_factory())[0], io)
+    install(monkeypatch, out_factory(), io)
     monkeypatch.setattr(commit_mod, "FOLD_EVERY", 3)            # PartWriter folds every 3 commits
     monkeypatch.setattr(compact_mod, "WriterLease", NoLease)
     return type("ProtocolMachine", (Protocol,), {"io": io, "new_out": lambda self: out_factory()})
 
 
 def assert_counted(url: str) -> None:
-    """The ledger's and the publishers' file system is the instance whose calls are counted (fsspec caches it)."""
-    fs = url_to_fs(url)[0]
-    assert getattr(Ledger(url).fs, "fs", Ledger(url).fs) is fs and "_fs_wrapper" in fs.pipe_file.__qualname__
+    """The ledger's and the publishers' file systems are instances whose calls are counted (fsspec caches them)."""
+    counted = file_systems(url)
+    assert any(getattr(Ledger(url).fs, "fs", None) is fs for fs in counted)
+    assert all("_fs_wrapper" in fs.pipe_file.__qualname__ for fs in counted)
 
 
 def test_commit_protocol_on_local_disk(tmp_path, monkeypatch):

@@ -63,10 +63,12 @@ class Ledger(Pinned):
 
     def __init__(self, out: str):
         self.out = out.rstrip("/")
-        fs, self.root = url_to_fs(self.out)
+        fs, self.root = url_to_fs(self.out, use_listings_cache=False)   # a listing is always the store's
         self.fs = storage.guarded(fs)           # every call under a deadline, retried, then a clear error
         self.epoch: int | None = None           # set by claim(): this writer's epoch (records.py)
         self.lease = None                       # the WriterLease it claimed under, if any
+        self.seq = 0                            # the next record's place in this writer's commit order
+        self.index_seq = 0                      # the next index name's sequence: never one tried before
 
     def url(self, *parts: str) -> str:
         """A URL under the output directory (what `publish_*` takes)."""
@@ -119,8 +121,9 @@ class Ledger(Pinned):
         """The state from every record (none of them in an index: a fold publishes it): archived ones
         count (a writer archives only what counts), a pending one as claims.py says."""
         view = view or Claims(self)
-        archived = {_stem(p): p for p in self._json_files("ledger/records")}
-        pending = [p for p in self._json_files("ledger") if _stem(p) not in archived]
+        listed = self._json_files("ledger")              # pending first: a fold that archives one of them
+        archived = {_stem(p): p for p in self._json_files("ledger/records")}   # meanwhile is seen here
+        pending = [p for p in listed if _stem(p) not in archived]
         kept = [self._read_record(p) for p in archived.values()]
         kept += [r for r in map(self._read_record, pending) if view.counts(r, frozenset())]
         state = replay(LedgerState(epoch=view.newest), kept)        # every record unfolded: a fold publishes it
@@ -197,7 +200,8 @@ class Ledger(Pinned):
 
     def _publish_record(self, name: str, payload: dict) -> None:
         self.check_fence()
-        payload["epoch"] = self.epoch or 0
+        payload["epoch"], payload["seq"] = self.epoch or 0, self.seq
+        self.seq += 1
         publish_bytes(json.dumps(payload).encode(), self.url("ledger", f"{name}.json"), exclusive=True)
 
     def fold(self, state: LedgerState | None = None) -> LedgerState:
@@ -241,7 +245,8 @@ class Ledger(Pinned):
 
         epoch = state.epoch if self.epoch is None else self.epoch
         keys = [records.index_key(_name(p)) for p in self.index_files()]
-        seq = max([s + 1 for e, s in keys if e == epoch] or [0])
+        seq = max([s + 1 for e, s in keys if e == epoch] + [self.index_seq])
+        self.index_seq = seq + 1          # an upload abandoned at its deadline may land later: never reuse its name
         buffer = io.BytesIO()
         pq.write_table(to_index_table(dataclasses.replace(state, epoch=epoch)), buffer, compression="zstd")
         publish_bytes(buffer.getvalue(), self.url("ledger", "index", records.index_name(epoch, seq)), exclusive=True)

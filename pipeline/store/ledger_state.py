@@ -4,17 +4,20 @@ A *segment* is a set of data files sharing one name, `videos/<seg>.parquet`, `cl
 `hdf5/<seg>.h5`, `failures/<seg>.parquet` (each kind only when it has rows): a committed part, or the
 merge of several made by compaction. A *record* is one ledger JSON file, published last:
 
-    part record        {"part": P, "committed_at": t, "epoch": e, "done": [ids], "uris": [uris],
+    part record        {"part": P, "committed_at": t, "epoch": e, "seq": n, "done": [ids], "uris": [uris],
                         "failed": [{video_id, uri, stage, error}]}
                        → segment P becomes live; its ids are done (with the uri each was made from:
                          `uris`, absent in records written before it existed); its failures are failed
-    compaction record  {"kind": "compaction", "part": C, "committed_at": t, "epoch": e, "segments": [S...],
+    compaction record  {"kind": "compaction", "part": C, "committed_at": t, "epoch": e, "seq": n, "segments": [S...],
                         "replaces": [R...], "retired": [ids]}
                        → segments R stop being live, segments S (holding R's rows less the `retired`
                          ids) start; retired ids are no longer done (`--redo-changed`, see retire.py)
 
-Replaying records in commit order (committed_at, then name) gives the state; a record already applied
-is skipped by name, so replay is idempotent. A later failure never undoes a success; a later success
+Replaying records in commit order gives the state: by epoch (claims are exclusive, so epochs are
+totally ordered), then by the writer's own sequence number `seq` (one writer an epoch), never by a clock
+(hosts' clocks differ and step back); records written before `seq` existed fall back to `committed_at`
+within their epoch, then to the name. A record already applied is skipped by name, so replay is
+idempotent. A later failure never undoes a success; a later success
 clears a failure. Everything is Arrow columns, so a million done ids cost ~0.1 s, not a Python set.
 """
 from __future__ import annotations
@@ -97,8 +100,7 @@ def transient(failures: pa.Table) -> pa.ChunkedArray:
 
 def replay(base: LedgerState, records: list[dict]) -> LedgerState:
     """`base` with `records` applied in commit order (records already in `base.records` are skipped)."""
-    new = sorted((r for r in records if r["part"] not in base.records),
-                 key=lambda r: (r.get("committed_at", 0), r["part"]))
+    new = sorted((r for r in records if r["part"] not in base.records), key=commit_order)
     if not new:
         return base
     added, replaced, done, failed, cleared = set(), set(), {}, [], set()
@@ -122,6 +124,11 @@ def replay(base: LedgerState, records: list[dict]) -> LedgerState:
     names = tuple(r["part"] for r in new)
     return LedgerState(done_ids, done_uris, _latest_failures(earlier, failed, done_ids), frozenset(segments),
                        base.records | set(names), base.unfolded + names, base.epoch, base.fenced)
+
+
+def commit_order(record: dict) -> tuple:
+    """A record's place in commit order (module doc): epoch, the writer's sequence, then legacy keys."""
+    return int(record.get("epoch", 0)), int(record.get("seq", -1)), record.get("committed_at", 0), record["part"]
 
 
 _RETIRED = object()

@@ -9,7 +9,8 @@ came from.
 
 `publish_bytes(..., exclusive=True)` publishes only if nothing exists at the URL yet, atomically with
 respect to every other exclusive publish (the primitive the ledger's fencing rests on): local disk and
-NFSv3+ `link(2)` of a complete temporary (fails with EEXIST); S3 a conditional PUT (`If-None-Match: *`,
+NFSv3+ `link(2)` of a complete temporary (fails with EEXIST; an EEXIST over our own bytes is our own
+link, answered again after a lost reply, and counts as published); S3 a conditional PUT (`If-None-Match: *`,
 AWS since 2024, moto, MinIO); GCS a generation precondition (`ifGenerationMatch=0`); other fsspec stores
 their `pipe_file(mode="create")`. A store that cannot do it raises FileExistsError on a conflict only
 where it can tell (see docs/ARCHITECTURE.md, "What is guaranteed on which store").
@@ -94,8 +95,21 @@ def _publish_exclusive(data: bytes, url: str) -> None:
         os.fsync(fh.fileno())
     try:
         os.link(tmp, path)                      # atomic, and fails if `path` exists: never overwrites
+    except FileExistsError:
+        if not _holds(path, data):              # not our own link (an NFSv3 LINK retransmitted after a
+            raise                               # lost reply answers EEXIST for the link it just made)
     finally:
         os.unlink(tmp)
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether the file at `path` holds exactly `data` (exclusive publishes carry unique bytes: a claim's
+    lease id, a record's epoch and sequence), as the object-store path checks."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(data) + 1) == data
+    except OSError:
+        return False
 
 
 class _UploadProgress(Callback):

@@ -61,8 +61,9 @@ def _problem(record, stem: str) -> str | None:
         return f"it holds a {type(record).__name__}, not a record"
     if record.get("part") != stem:
         return f"its 'part' is {record.get('part')!r}, not {stem!r} (the file's name)"
-    if not isinstance(record.get("committed_at"), (int, float)) or not isinstance(record.get("epoch", 0), int):
-        return "its 'committed_at' or 'epoch' is missing or not a number"
+    if not isinstance(record.get("committed_at"), (int, float)) or not isinstance(record.get("epoch", 0), int) \
+            or not isinstance(record.get("seq", 0), int):
+        return "its 'committed_at', 'epoch' or 'seq' is missing or not a number"
     if record.get("kind") == "compaction":
         return _strings(record, ("segments", "replaces")) or _strings(record, ("retired",), optional=True)
     if "kind" in record:
