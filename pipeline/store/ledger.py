@@ -35,7 +35,7 @@ from fsspec.core import url_to_fs
 
 from pipeline.store import segments
 from pipeline import storage
-from pipeline.store import claims, records
+from pipeline.store import claims, nfs, records
 from pipeline.store.claims import Claims
 from pipeline.errors import ConfigError, LeaseLostError
 from pipeline.faults import failpoint
@@ -143,6 +143,8 @@ class Ledger(Pinned):
         """Become the output's writer (claims.py): claim the next epoch exclusively — the fence — then load
         the state with certainty, say which pending records it accepts, publish the state as this
         epoch's first index and fold. Raises LeaseLostError when another writer claimed that epoch first."""
+        if storage.is_local(self.fs):
+            nfs.warn_if_inexact(self.root)           # an NFS mount's cached listings blur the fence
         epoch = self._next_epoch()
         claims.claim(self, epoch, lease)
         self.epoch, self.lease = epoch, lease
