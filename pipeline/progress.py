@@ -7,7 +7,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 
 def _clock(seconds: float) -> str:
@@ -24,17 +24,19 @@ class Progress:
     On a terminal the line is redrawn in place about twice a second; on anything else (CI logs,
     `ray job submit` logs) a complete line is printed every `interval_s` seconds (default 30, or
     $VIDFEAT_PROGRESS_INTERVAL_S), and once at the end. Updates come from the driver loop; a background
-    thread prints, so the line keeps its clock running while no result arrives.
+    thread prints, so the line keeps its clock running while no result arrives. Elapsed time, rate and
+    ETA are read from `clock` (seconds, monotonic; a test passes its own).
     """
 
     def __init__(self, videos: int, enabled: bool = True, stream: TextIO | None = None,
-                 interval_s: float | None = None):
+                 interval_s: float | None = None, clock: Callable[[], float] = time.monotonic):
         self.stream = stream or sys.stdout
         self.interactive = _isatty(self.stream)
         default = 0.5 if self.interactive else float(os.environ.get("VIDFEAT_PROGRESS_INTERVAL_S", 30))
         self.interval_s = interval_s if interval_s is not None else default
         self.total, self.videos, self.failed, self.clips, self.video_s = videos, 0, 0, 0, 0.0
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
         self._lock, self._stop, self._width = threading.Lock(), threading.Event(), 0
         self._thread = threading.Thread(target=self._tick, name="vidfeat-progress", daemon=True)
         self.enabled = enabled
@@ -59,7 +61,7 @@ class Progress:
     def line(self) -> str:
         """The progress line as of now."""
         with self._lock:
-            elapsed = time.monotonic() - self.started
+            elapsed = self.clock() - self.started
             videos, failed, clips, video_s = self.videos, self.failed, self.clips, self.video_s
         rate = video_s / elapsed if elapsed > 0 else 0.0
         eta = "ETA " + (_clock(elapsed / videos * (self.total - videos)) if videos else "?")

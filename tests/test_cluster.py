@@ -1,6 +1,9 @@
 """A real multi-node Ray cluster on 127.0.0.1 (`ray.cluster_utils.Cluster`): a head that runs nothing, a
 CPU node that decodes and a node with a logical GPU that runs the inference actor, each with its own
 raylet and object store. Nodes are hard-killed mid-run (`remove_node(allow_graceful=False)`) and replaced.
+The videos come through a gate (gate.py) that holds back all but a few until the test has killed a node, so
+each kill lands mid-run, and the videos let through after it are necessarily decoded (and, after the GPU
+node's kill, inferred) on the replacement.
 
 The inference actor's constructor arguments are Ray Data's `ray.put` of the stage (owned by the driver,
 stored on the head node) and our small config dict: nothing a lost node can take with it, so Ray can
@@ -23,10 +26,13 @@ from pipeline.plan.samples import write_index_video
 from pipeline.read.status import last_run
 from pipeline.read.verify import verify
 
-from conftest import ray_env, wait_for
+from conftest import ray_env
+from gate import HELD_S, Gate, until
 from test_pipeline import reference_clip_features
 
-VIDEOS = 20
+VIDEOS = 16
+LET_THROUGH = 5         # videos the gate lets through before each kill: more than an inference batch (4 clips)
+                        # can mix, so one completes although Ray Data's iterator holds back a result block
 
 
 @pytest.fixture()
@@ -61,30 +67,36 @@ def committed_parts(out: str) -> int:
     return len(Ledger(out).load().segments)
 
 
-def start_driver(cluster, videos: str, out: str, tmp_path) -> subprocess.Popen:
-    """`vidfeat extract` joining the cluster, in its own process (Ray adds nodes from the main thread only)."""
-    cfg = tmp_path / "cluster.yaml"
+def start_driver(cluster, gate: Gate, out: str, tmp_path) -> subprocess.Popen:
+    """`vidfeat extract` of the videos behind `gate`, joining the cluster, in its own process (Ray adds nodes
+    from the main thread only)."""
+    cfg, manifest = tmp_path / "cluster.yaml", tmp_path / "videos.csv"
     cfg.write_text(yaml.safe_dump({"run": {"commit_every": 1, "videos_per_task": 1, "compact": False,
                                            "decode_resources": {"decode": 1}}}))
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "extract", videos, "--out", out, "--preset", "tiny",
-                             "--checkpoint", "random", "--address", cluster.address, "--config", str(cfg),
-                             "--no-progress"], env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    names = [f"v{i:02d}.mp4" for i in range(VIDEOS)]
+    manifest.write_text("video_id,uri\n" + "".join(f"{n},{gate.uri(n)}\n" for n in names))
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "extract", str(manifest), "--out", out, "--preset",
+                             "tiny", "--checkpoint", "random", "--address", cluster.address, "--config", str(cfg),
+                             "--no-progress"], env={**ray_env(), "VIDFEAT_DOWNLOAD_STALL_S": HELD_S},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def kill_and_replace(cluster, nodes: dict, out: str, driver) -> list:
-    """Once a part is committed, kill the CPU node; once another is, kill the GPU node; replace each."""
+def kill_and_replace(cluster, nodes: dict, out: str, driver, gate: Gate) -> list:
+    """Once a part is committed and a decode task waits at the gate, kill the CPU node; once another part
+    is committed, kill the GPU node; replace each. The gate lets LET_THROUGH videos through before each
+    kill and the rest after the last. Returns, for each kill: (what, parts committed, videos let through)."""
     events = []
-    running = lambda: driver.poll() is None                                  # noqa: E731
-    if wait_for(lambda: committed_parts(out) >= 1 or not running(), timeout=300) and running():
-        cluster.remove_node(nodes["cpu"], allow_graceful=False)
-        events.append(("cpu killed", committed_parts(out)))
-        nodes["cpu2"] = add_cpu_node(cluster)
+    until(lambda: committed_parts(out) >= 1 and gate.held.is_set(), driver)    # that task dies with the node
+    cluster.remove_node(nodes["cpu"], allow_graceful=False)
+    events.append(("cpu killed", committed_parts(out), len(gate.admitted)))
+    nodes["cpu2"] = add_cpu_node(cluster)
     seen = committed_parts(out)
-    if wait_for(lambda: committed_parts(out) > seen or not running(), timeout=300) and running():
-        cluster.remove_node(nodes["gpu"], allow_graceful=False)
-        events.append(("gpu killed", committed_parts(out)))
-        nodes["gpu2"] = add_gpu_node(cluster)
+    gate.admit(LET_THROUGH)                                  # decoded on the new CPU node: the old one is gone
+    until(lambda: committed_parts(out) > seen, driver)
+    cluster.remove_node(nodes["gpu"], allow_graceful=False)
+    events.append(("gpu killed", committed_parts(out), len(gate.admitted)))
+    nodes["gpu2"] = add_gpu_node(cluster)
+    gate.open()                                              # decoded and inferred on the new nodes
     return events
 
 
@@ -92,15 +104,16 @@ def test_decode_on_cpu_nodes_inference_on_gpu_node_and_both_survive_a_hard_kill(
                                                                                tmp_path):
     nodes = {"cpu": add_cpu_node(cluster), "gpu": add_gpu_node(cluster)}
     out = str(tmp_path / "features")
-    driver = start_driver(cluster, videos, out, tmp_path)
-    try:
-        events = kill_and_replace(cluster, nodes, out, driver)
-        log, _ = driver.communicate(timeout=600)
-    finally:
-        driver.kill()
+    with Gate(videos, admit=LET_THROUGH) as gate:
+        driver = start_driver(cluster, gate, out, tmp_path)
+        try:
+            events = kill_and_replace(cluster, nodes, out, driver, gate)
+            log, _ = driver.communicate(timeout=600)
+        finally:
+            driver.kill()
     assert driver.returncode == 0, log[-3000:]
     assert [e[0] for e in events] == ["cpu killed", "gpu killed"], events
-    assert all(parts < VIDEOS for _, parts in events), f"the kills came after the run: {events}"
+    assert all(parts < VIDEOS and through < VIDEOS for _, parts, through in events), f"a kill after the run: {events}"
     summary = last_run(Ledger(out))["summary"]
     cpu_nodes = {nodes["cpu"].node_id, nodes["cpu2"].node_id}
     gpu_nodes = {nodes["gpu"].node_id, nodes["gpu2"].node_id}

@@ -1,18 +1,18 @@
 """The console (pipeline.console): the progress line, and where Ray's log records and C++ lines go.
-No Ray cluster here (the routing test imports ray in a subprocess); the whole demo is test_demo.py."""
+No Ray cluster here (the routing test imports ray in a subprocess); the whole demo is test_demo.py. The
+progress line reads a clock the test moves; its periodic output is waited for, never slept for."""
 from __future__ import annotations
 
 import io
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from pipeline.console import Progress, _clock, print_summary
 
-from conftest import ray_env
+from conftest import ray_env, wait_for
 
 
 class Terminal(io.StringIO):
@@ -20,38 +20,53 @@ class Terminal(io.StringIO):
         return True
 
 
+class Clock:
+    """A monotonic clock the test moves by hand (seconds)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_progress_line_counts_videos_clips_failures_rate_and_eta():
-    progress = Progress(4, enabled=False)
-    progress.started -= 100                                  # as if the run began 100 s ago
+    clock = Clock()
+    progress = Progress(4, enabled=False, clock=clock)
     for _ in range(3):
         progress.clip_done({"error": ""})
     progress.clip_done({"error": "not_a_video: ..."})        # a failure row is not a clip
     progress.video_done({"video": {"duration_s": 180.0}})
     progress.video_done({"failure": {"video_id": "x"}})
+    clock.now += 100                                         # 180 s of video in 100 s: 1.80 video-h/h
     line = progress.line()
-    assert line.startswith("videos 2/4 (1 failed) | clips 3 | 1.80 video-h/h | elapsed 1:40 | ETA 1:40"), line
+    assert line == "videos 2/4 (1 failed) | clips 3 | 1.80 video-h/h | elapsed 1:40 | ETA 1:40", line
+    clock.now += 3500                                        # 2 of 4 videos in 3600 s: as long again
+    assert progress.line().endswith("| 0.05 video-h/h | elapsed 1:00:00 | ETA 1:00:00"), progress.line()
     assert _clock(3725) == "1:02:05" and _clock(59.6) == "1:00"
 
 
 def test_non_interactive_output_gets_whole_lines_periodically():
     out = io.StringIO()
-    progress = Progress(2, stream=out, interval_s=0.05)
+    progress = Progress(2, stream=out, interval_s=0.01)
     progress.video_done({"video": {"duration_s": 1.0}})
-    time.sleep(0.3)
+    periodic = lambda: out.getvalue().count("videos 1/2 | clips 0")           # noqa: E731
+    assert wait_for(lambda: periodic() >= 2, timeout=60, interval=0.01), out.getvalue()   # before close()
     progress.close()
-    lines = out.getvalue().splitlines()
-    assert "\r" not in out.getvalue() and len(lines) >= 2
-    assert all(line.startswith("videos 1/2 | clips 0") for line in lines)
+    lines = out.getvalue().splitlines(keepends=True)
+    assert "\r" not in out.getvalue() and all(line.endswith("\n") for line in lines)
+    assert all(line.startswith(("videos 0/2 | clips 0", "videos 1/2 | clips 0")) for line in lines), lines
+    assert lines[-1].startswith("videos 1/2 | clips 0")                     # and the last, drawn by close()
 
 
 def test_terminal_gets_one_line_redrawn_in_place():
     out = Terminal()
-    progress = Progress(1, stream=out, interval_s=0.05)
-    time.sleep(0.2)
+    progress = Progress(1, stream=out, interval_s=0.01)
+    assert wait_for(lambda: out.getvalue().count("\r") >= 2, timeout=60, interval=0.01), out.getvalue()
     progress.video_done({"video": {"duration_s": 1.0}})
     progress.close()
     text = out.getvalue()
-    assert text.count("\n") == 1 and text.endswith("\n") and text.count("\r") >= 2
+    assert text.count("\n") == 1 and text.endswith("\n") and text.count("\r") >= 3
     assert text.rstrip("\n").rsplit("\r", 1)[-1].startswith("videos 1/1")
 
 

@@ -1,5 +1,6 @@
 """Live metrics (issue #21): a run exports its counters and gauges through Ray's metrics API; an embedded
-run serves them on 127.0.0.1:--metrics-port while it runs, and its last values equal the run summary."""
+run serves them on 127.0.0.1:--metrics-port while it runs, and its last values equal the run summary.
+The run reads its videos through a gate (gate.py), so its mid-run scrape cannot come after its end."""
 from __future__ import annotations
 
 import glob
@@ -9,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +19,7 @@ from pipeline.run import metrics as run_metrics
 from pipeline.run.queue import rows_waiting
 
 from conftest import free_port, ray_env
+from gate import HELD_S, Gate, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,48 +28,79 @@ SUMMARY_OF = {"ray_vidfeat_videos_done": "ok", "ray_vidfeat_videos_failed": "fai
               "ray_vidfeat_infer_seconds": "infer_s", "ray_vidfeat_bytes_written": "bytes_written"}
 
 
-def scrape_run(proc: subprocess.Popen, port: int) -> tuple[list[dict], str]:
-    """Every scrape of 127.0.0.1:`port` that showed vidfeat series, until `proc` ends; the last one's text."""
-    seen, text = [], ""
-    deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
+def start_run(tmp_path, gate: Gate, n: int, port: int) -> subprocess.Popen:
+    """`vidfeat extract` of `n` videos read through `gate` and one broken local file, serving its metrics
+    on `port` and holding the final values until a SIGTERM (its log in tmp_path/logs)."""
+    rows = [f"v{i}.mp4,{gate.uri(f'v{i}.mp4')}" for i in range(n)] + [f"broken.mp4,{tmp_path / 'broken.mp4'}"]
+    (tmp_path / "videos.csv").write_text("video_id,uri\n" + "\n".join(rows) + "\n")
+    (tmp_path / "run.yaml").write_text(      # one commit, at the end: only the final update carries its bytes
+        "run:\n  commit_every: 1000\n  metrics_linger_s: 3600\n  num_decoders: 1\n"
+        "  videos_per_task: 1\n  batch_size: 1\n")                  # a result block: clips of one video
+    args = ["extract", str(tmp_path / "videos.csv"), "--out", str(tmp_path / "out"), "--preset", "tiny",
+            "--checkpoint", "random", "--config", str(tmp_path / "run.yaml"), "--no-progress",
+            "--metrics-port", str(port)]
+    env = {**ray_env(), "VIDFEAT_DOWNLOAD_STALL_S": HELD_S, "VIDFEAT_LOG_DIR": str(tmp_path / "logs")}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def scraped(port: int, seen: list[dict], wanted) -> bool:
+    """Whether a scrape of 127.0.0.1:`port` now is `wanted` (one that shows vidfeat series goes to `seen`)."""
+    try:
+        got = run_metrics.scrape(port, timeout_s=5)
+    except OSError:
+        return False
+    seen.extend([got] if got else [])
+    return bool(got) and bool(wanted(got))
+
+
+def holding_final_values(logs) -> bool:
+    """Whether the run's log says that the endpoint serves its final values (metrics.hold_final)."""
+    return any("the run's final metrics are served" in open(p).read() for p in glob.glob(str(logs / "*.log")))
+
+
+def watch_run(tmp_path, videos, n: int, port: int) -> SimpleNamespace:
+    """Run `n` videos behind a gate, scrape the run mid-way (a video done, rows waiting read from the
+    executor), open the gate, scrape the final values it holds, end the hold with a SIGTERM. Two videos
+    pass the gate: the run cannot end, and one of them completes although Ray Data's iterator hands the
+    driver a result block only once the next one exists."""
+    seen: list[dict] = []
+    with Gate(str(videos), admit=2) as gate:
+        proc = start_run(tmp_path, gate, n, port)
         try:
-            raw = run_metrics.scrape_text(port, timeout_s=1)
-            if run_metrics.parse(raw):
-                seen.append(run_metrics.parse(raw))
-                text = raw
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return seen, text
+            until(lambda: scraped(port, seen, lambda s: s.get("ray_vidfeat_videos_done") and
+                                  "ray_vidfeat_rows_waiting" in s), proc)
+            mid = seen[-1]
+            gate.open()
+            until(lambda: holding_final_values(tmp_path / "logs"), proc)
+            text = run_metrics.scrape_text(port)                  # the final values, held until the SIGTERM
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    return SimpleNamespace(mid=mid, seen=[*seen, run_metrics.parse(text)], text=text, code=proc.returncode,
+                           stderr=stderr)
 
 
 def test_a_run_serves_its_metrics_while_it_runs_and_they_end_equal_to_its_summary(tmp_path):
-    videos, out, port, n = tmp_path / "videos", str(tmp_path / "out"), free_port(), 80
+    videos, port, n = tmp_path / "videos", free_port(), 3
     videos.mkdir()
     for i in range(n):
-        write_index_video(str(videos / f"v{i:02d}.mp4"), num_frames=40 + 400 * (i % 3))
-    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64)
-    (tmp_path / "run.yaml").write_text("run:\n  commit_every: 2\n  metrics_linger_s: 2\n  num_decoders: 1\n")
-    args = ["extract", str(videos), "--out", out, "--preset", "tiny", "--checkpoint", "random",
-            "--config", str(tmp_path / "run.yaml"), "--no-progress", "--metrics-port", str(port)]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=ray_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen, text = scrape_run(proc, port)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 1, stderr                                  # one video failed: exit 1
-    (run,) = [json.load(open(p))["summary"] for p in glob.glob(os.path.join(out, "runs", "*.json"))]
+        write_index_video(str(videos / f"v{i}.mp4"), num_frames=40 + 12 * i)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64)
+    watched = watch_run(tmp_path, videos, n, port)
+    assert watched.code == 1, watched.stderr                             # one video failed: exit 1
+    (run,) = [json.load(open(p))["summary"] for p in glob.glob(str(tmp_path / "out" / "runs" / "*.json"))]
     assert run["ok"] == n and run["failed"] == 1 and run["bytes_written"] > 0
-    done = [s.get("ray_vidfeat_videos_done", 0) for s in seen]
-    assert any(0 < d < n for d in done), done                            # scraped mid-run, counting up
-    assert done == sorted(done)
-    last = seen[-1]
+    assert 0 < watched.mid["ray_vidfeat_videos_done"] < n               # scraped mid-run, counting up
+    done = [s.get("ray_vidfeat_videos_done", 0) for s in watched.seen]
+    assert done == sorted(done), done
+    last = watched.seen[-1]
     for name, field in SUMMARY_OF.items():
-        assert last[name] == pytest.approx(run[field], rel=1e-6), name
+        assert last.get(name) == pytest.approx(run[field], rel=1e-6), name
     assert last["ray_vidfeat_video_seconds"] == pytest.approx(run["video_hours"] * 3600, rel=1e-6)
     assert last["ray_vidfeat_rows_waiting"] == 0 and last["ray_vidfeat_videos_in_flight"] == 0
-    assert any("ray_vidfeat_rows_waiting" in s for s in seen[:-1])       # read from the executor mid-run
-    served = set(re.findall(r"^(ray_vidfeat_\w+)[{ ]", text, re.M))
+    served = set(re.findall(r"^(ray_vidfeat_\w+)[{ ]", watched.text, re.M))
     dashboard = open(os.path.join(ROOT, "docs", "grafana_dashboard.json")).read()
     asked = set(re.findall(r"ray_vidfeat_\w+", dashboard))
     assert len(asked) >= 7 and asked <= served, asked - served         # the dashboard asks for real series

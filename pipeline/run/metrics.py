@@ -124,9 +124,9 @@ def parse(text: str) -> dict[str, float]:
 
 
 def hold_final(metrics: RunMetrics, port: int, linger_s: float, timeout_s: float = 30.0) -> bool:
-    """Wait until 127.0.0.1:`port` serves the run's final counters (at most `timeout_s`), then `linger_s`
-    more. Whether they were seen. A SIGTERM or SIGINT meanwhile ends the wait at once: the run then
-    folds, records itself and releases its output as usual (a scheduler's stop must not wait for it)."""
+    """Wait until 127.0.0.1:`port` serves the run's final counters (at most `timeout_s`; logged once seen),
+    then `linger_s` more. Whether they were seen. A SIGTERM or SIGINT meanwhile ends the wait at once: the
+    run then folds, records itself and releases its output as usual (a scheduler's stop must not wait for it)."""
     from pipeline.run.drain import stop_signals
 
     want, deadline, seen, stop = metrics.expected(), time.monotonic() + timeout_s, False, threading.Event()
@@ -139,7 +139,9 @@ def hold_final(metrics: RunMetrics, port: int, linger_s: float, timeout_s: float
                 pass
             if not seen:
                 stop.wait(0.2)
-        if not seen and not stop.is_set():
+        if seen:
+            log.info("the run's final metrics are served on 127.0.0.1:%d; held there %.0f s more", port, linger_s)
+        elif not stop.is_set():
             log.warning("the metrics on port %d did not reach the run's final values within %.0f s", port,
                         timeout_s)
         stop.wait(max(0.0, linger_s))
