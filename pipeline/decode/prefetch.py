@@ -8,10 +8,11 @@ of the item after `video` in a background thread, then waits for `video`'s own (
 
 Bounds and clean-up: one download at a time, at most two videos spooled per task (the one decoding and
 the next); each spooled file is removed when its video is done or failed, and `close()` (the task ends,
-or its generator is closed) stops a download in flight at its next 4 MiB read and removes what was
-spooled. A process that is killed leaves its spool directory to the next process's sweep (spool.py).
-Failures keep their kinds: a download that failed in the background raises its `DecodeError` (not
-found, access denied, I/O) when its video's turn comes. Local paths are used as they are, without a
+or its generator is closed) stops a download in flight within a quarter of a second (spool.py's
+watchdog) and removes what was spooled. A process that is killed leaves its spool directory to the next
+process's sweep (spool.py). Failures keep their kinds: a download that failed in the background raises
+its `DecodeError` (not found, access denied, I/O; stalled only when no byte came for the stall deadline,
+however slowly the bytes came) when its video's turn comes. Local paths are used as they are, without a
 thread.
 """
 from __future__ import annotations

@@ -2,12 +2,16 @@
 cannot fill the disk.
 
 A video at any fsspec URL that is not local is copied to `<tmp>/vidfeat-spool/<pid>-<random>/video.<ext>`
-before decoding: as concurrent ranged reads where the store allows it (ranged.py), else in 4 MiB reads.
-Each read has a stall deadline (`VIDFEAT_DOWNLOAD_STALL_S`, default 60 s without a byte): a transfer that flows is never cut, whatever
-its length (for http(s), aiohttp's total timeout is lifted and its socket-read timeout set to the same
-deadline), and one that stalls fails as `io: download stalled: no bytes for 60 s after 12.0 of 20.0 MiB`.
-Before a download starts, the spool keeps `VIDFEAT_SPOOL_RESERVE_MB` (default 1024) free on its disk:
-a video that does not fit fails as `io` (retried by the next run) instead of filling the node's disk.
+before decoding: on the file system's event loop (ranged.py: concurrent ranges where the store allows
+it, else one stream), or, for a file system without one (sftp, ftp, memory), in a thread in 1 MiB reads
+(there progress is seen a read, or a block of that file system, at a time).
+A download is judged by its progress, never by its length: it fails as stalled only when no byte has
+landed for the stall deadline (`VIDFEAT_DOWNLOAD_STALL_S`, default 60 s), as `io: download stalled: no
+byte for 60 s after 12.0 of 20.0 MiB`; a watchdog looks four times a second (four times a deadline, if
+that is shorter) and ends the transfer. For http(s) aiohttp's own timeouts on a transfer are lifted (the
+watchdog judges; a connection still must open within the deadline). Before a download starts, the spool
+keeps `VIDFEAT_SPOOL_RESERVE_MB` (default 1024) free on its disk: a video that does not fit fails as
+`io` (retried by the next run) instead of filling the node's disk.
 
 The spool directory of a process is removed when its video is done, failed or closed; a worker killed
 by Ray, by a node loss or by a signal leaves its directory behind, and the first download of any later
@@ -15,19 +19,21 @@ process on the node sweeps every directory whose process is gone.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import shutil
 import tempfile
 import threading
 import uuid
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pipeline.decode import ranged
+from pipeline.decode.ranged import Progress
 from pipeline.errors import DecodeError
 from pipeline.storage import DeadlineExceeded, within
 
-CHUNK = 4 * 2**20
+READ = 2**20                                  # file systems without an event loop: one read of the thread
 _swept = False
 
 
@@ -42,7 +48,7 @@ def spool_root() -> str:
 @contextlib.contextmanager
 def spooled(fs, path: str, video: str, stop: threading.Event | None = None) -> Iterator[str]:
     """A local copy of `path` on `fs`, removed on exit (success, failure, or the generator closed).
-    Setting `stop` ends the download at its next read (DecodeError "io": cancelled)."""
+    Setting `stop` ends the download within a quarter of a second (DecodeError "io": cancelled)."""
     sweep()
     directory = os.path.join(spool_root(), f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.makedirs(directory, exist_ok=True)
@@ -55,14 +61,11 @@ def spooled(fs, path: str, video: str, stop: threading.Event | None = None) -> I
 
 
 def download(fs, path: str, local: str, video: str, stop: threading.Event | None = None) -> None:
-    """Copy `path` to `local` in CHUNK reads, each under the stall deadline; DecodeError on failure."""
+    """Copy `path` to `local`, judged by its progress (module doc); DecodeError on failure."""
     try:
         size = _size(fs, path)
         _check_room(os.path.dirname(local), size, video)
-        with open(local, "wb") as dst:
-            if not _copied_in_ranges(fs, path, dst, size, video, stop):
-                with within(stall_s(), fs.open, path, "rb") as src:
-                    _copy(src, dst, size, video, stop)
+        _copy(fs, path, local, size, video, stop)
     except DecodeError:
         raise
     except FileNotFoundError as exc:
@@ -70,24 +73,63 @@ def download(fs, path: str, local: str, video: str, stop: threading.Event | None
     except PermissionError as exc:
         raise DecodeError(video, "permission_denied", f"access denied: {exc}") from exc
     except DeadlineExceeded as exc:
-        raise DecodeError(video, "io", f"download stalled: no answer for {stall_s():.0f} s ({exc})") from exc
+        raise DecodeError(video, "io", f"download stalled: no answer for {stall_s():g} s ({exc})") from exc
     except Exception as exc:                                       # network and storage errors of many types
         reason = str(exc) or repr(exc)
         raise DecodeError(video, "io", f"download failed: {type(exc).__name__}: {reason}") from exc
 
 
-def _copied_in_ranges(fs, path: str, dst, size: int | None, video: str, stop) -> bool:
-    """Whether `path` was copied as concurrent ranges (ranged.py); False (and `dst` emptied) when the
-    store does not read that way, to be read as one stream."""
-    if not ranged.applies(fs, size):
-        return False
-    try:
-        ranged.copy_ranges(fs, path, dst, size, video, stall_s(), stop)
-        return True
-    except ranged.RangesIgnored:
-        dst.seek(0)
-        dst.truncate()
-        return False
+def _copy(fs, path: str, local: str, size: int | None, video: str, stop) -> None:
+    """Concurrent ranges where they apply (one stream instead when the store does not honour them), else
+    one stream: on the event loop of an async file system, or in a thread."""
+    if not ranged.streamed(fs, size):
+        progress = Progress(size)
+        return _watch(*_in_thread(fs, path, local, progress), progress, video, stop)
+    if ranged.applies(fs, size):
+        with contextlib.suppress(ranged.RangesIgnored):
+            return _fetch(fs, path, local, size, video, stop, ranges=True)
+    _fetch(fs, path, local, size, video, stop, ranges=False)
+
+
+def _fetch(fs, path: str, local: str, size: int | None, video: str, stop, ranges: bool) -> None:
+    progress = Progress(size)
+    future = ranged.fetch(fs, path, local, size, progress, stall_s(), ranges)
+    _watch(future, future.cancel, progress, video, stop)
+
+
+def _watch(future: concurrent.futures.Future, give_up: Callable[[], object], progress: Progress, video: str,
+           stop: threading.Event | None) -> None:
+    """Wait for a copy; when `stop` is set or no byte has landed for the stall deadline, `give_up` it
+    and raise DecodeError "io" saying which (and how far it got)."""
+    tick = min(0.25, stall_s() / 4)
+    while not concurrent.futures.wait([future], timeout=tick).done:
+        if stop is not None and stop.is_set():
+            reason = "download cancelled: its decode task ended"
+        elif progress.idle() >= stall_s():
+            reason = progress.stalled(stall_s())
+        else:
+            continue
+        give_up()
+        raise DecodeError(video, "io", reason)
+    future.result()
+
+
+def _in_thread(fs, path: str, local: str, progress: Progress) -> tuple[concurrent.futures.Future, Callable]:
+    """One stream in a daemon thread, READ bytes a read: (its future, what stops it at its next read)."""
+    future, halt = concurrent.futures.Future(), threading.Event()
+
+    def copy() -> None:
+        try:
+            with fs.open(path, "rb") as src, open(local, "wb") as dst:
+                while not halt.is_set() and (data := src.read(READ)):
+                    dst.write(data)
+                    progress.add(len(data))
+            future.set_result(None)
+        except BaseException as exc:                               # noqa: BLE001 - handed to the watcher
+            future.set_exception(exc)
+
+    threading.Thread(target=copy, name="vidfeat-download", daemon=True).start()
+    return future, halt.set
 
 
 def _not_found(exc: FileNotFoundError, video: str) -> DecodeError:
@@ -101,23 +143,6 @@ def _not_found(exc: FileNotFoundError, video: str) -> DecodeError:
     if status in (401, 403):
         return DecodeError(video, "permission_denied", f"access denied: {exc} ({cause})")
     return DecodeError(video, "io", f"cannot reach {exc}: {type(cause).__name__}: {cause}")
-
-
-def _copy(src, dst, size: int | None, video: str, stop: threading.Event | None = None) -> None:
-    got = 0
-    while True:
-        if stop is not None and stop.is_set():
-            raise DecodeError(video, "io", "download cancelled: its decode task ended")
-        try:
-            data = within(stall_s(), src.read, CHUNK)
-        except DeadlineExceeded:
-            total = f" of {size / 2**20:.1f}" if size else ""
-            raise DecodeError(video, "io", f"download stalled: no bytes for {stall_s():.0f} s after "
-                                           f"{got / 2**20:.1f}{total} MiB") from None
-        if not data:
-            return
-        dst.write(data)
-        got += len(data)
 
 
 def _size(fs, path: str) -> int | None:
@@ -164,10 +189,11 @@ def _alive(pid: int) -> bool:
 
 
 def http_options(uri: str) -> dict:
-    """fsspec options for `uri`: for http(s), no total timeout and a socket-read timeout of stall_s."""
+    """fsspec options for `uri`: for http(s), no timeout on a transfer (the watchdog judges it by its
+    progress: a stream that waits while others flow is not cut) and a connect timeout of stall_s."""
     if not uri.lower().startswith(("http://", "https://")):
         return {}
     import aiohttp
 
-    return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read=stall_s(),
+    return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_read=None,
                                                                sock_connect=stall_s())}}
