@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import time
 
-from pipeline.store import records
+from pipeline import storage
+from pipeline.store import nfs, records
 from pipeline.errors import DamagedOutputError, LeaseLostError
 from pipeline.store.publish import publish_bytes
 
@@ -75,6 +76,8 @@ class Claims:
 
 def claim(ledger, epoch: int, lease=None) -> None:
     """Create claim `epoch` exclusively; LeaseLostError when another writer made it first."""
+    if storage.is_local(ledger.fs):
+        nfs.warn_if_inexact(ledger.root)             # an NFS mount's cached listings blur the fence
     body = {"epoch": epoch, "claimed_at": time.time(), "lease": getattr(lease, "me", None)}
     try:
         publish_bytes(json.dumps(body).encode(), ledger.url("ledger", "claims", records.claim_name(epoch)),

@@ -35,12 +35,12 @@ from fsspec.core import url_to_fs
 
 from pipeline.store import segments
 from pipeline import storage
-from pipeline.store import claims, nfs, records
+from pipeline.store import claims, records
 from pipeline.store.claims import Claims
 from pipeline.errors import ConfigError, LeaseLostError
 from pipeline.faults import failpoint
 from pipeline.store.pinning import Pinned
-from pipeline.store.ledger_state import LedgerState, from_index_table, replay, to_index_table
+from pipeline.store.ledger_state import LedgerState, from_index_bytes, replay, to_index_table
 from pipeline.store.publish import publish_bytes
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class Ledger(Pinned):
         if not indexes:
             return self.rebuild(view)
         try:
-            return from_index_table(_read_parquet(self.fs.cat_file(indexes[-1])))
+            return from_index_bytes(self.fs.cat_file(indexes[-1]))
         except DAMAGE as exc:
             log.warning("ledger index %s is damaged (%s: %s); rebuilding it from the part records (in memory: "
                         "the next run or compaction publishes it)", indexes[-1], type(exc).__name__, exc)
@@ -143,8 +143,6 @@ class Ledger(Pinned):
         """Become the output's writer (claims.py): claim the next epoch exclusively — the fence — then load
         the state with certainty, say which pending records it accepts, publish the state as this
         epoch's first index and fold. Raises LeaseLostError when another writer claimed that epoch first."""
-        if storage.is_local(self.fs):
-            nfs.warn_if_inexact(self.root)           # an NFS mount's cached listings blur the fence
         epoch = self._next_epoch()
         claims.claim(self, epoch, lease)
         self.epoch, self.lease = epoch, lease
@@ -294,10 +292,3 @@ def _name(path: str) -> str:
 
 def _stem(path: str) -> str:
     return _name(path)[:-len(".json")]
-
-
-def _read_parquet(data: bytes):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return pq.read_table(pa.BufferReader(data))

@@ -189,6 +189,13 @@ def _long(kind: str, cols: dict) -> pa.Table:
                     schema=INDEX_SCHEMA)
 
 
+def from_index_bytes(data: bytes) -> LedgerState:
+    """The state an index file's bytes hold; raises (pyarrow's or ValueError) when they are not an index."""
+    import pyarrow.parquet as pq
+
+    return from_index_table(pq.read_table(pa.BufferReader(data)))
+
+
 def from_index_table(table: pa.Table) -> LedgerState:
     """The inverse of `to_index_table`; raises ValueError when the table is not a whole index."""
     meta = table.schema.metadata or {}
