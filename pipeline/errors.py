@@ -46,6 +46,11 @@ class ClusterLostError(Exception):
     lost): nothing is wrong with the input or the output; the same command resumes."""
 
 
+class ClusterUnreachable(ClusterLostError):
+    """The Ray cluster at the address given cannot be reached (nothing listens, or no answer in time):
+    found before the output is touched."""
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (a scheduler's preemption). A BaseException, like KeyboardInterrupt: no
     `except Exception` stops it on its way out, and every `finally` on the way runs."""

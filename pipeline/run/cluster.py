@@ -3,10 +3,18 @@ an address; telling Ray's own failures from a task's; leaving a Ray that a signa
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import tempfile
+from typing import Iterator
+
+from pipeline.errors import ClusterUnreachable, ConfigError
 
 log = logging.getLogger(__name__)
+
+AUTH_FAILED = ("Unauthenticated", "InvalidAuthToken", "PermissionDenied")   # what Ray's GCS client logs
 
 
 def connect_ray(address: str | None, metrics_port: int = 0) -> bool:
@@ -25,7 +33,9 @@ def connect_ray(address: str | None, metrics_port: int = 0) -> bool:
         if metrics_port:
             log.warning("--metrics-port serves an embedded Ray's metrics; on the cluster at %s every node "
                         "serves its own (ray start --metrics-export-port)", address)
-        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
+        check_reachable(address)
+        with _named_join_failures(address):
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
         return True
     _check_port_free(metrics_port)
     metrics = {"_metrics_export_port": metrics_port,
@@ -37,12 +47,65 @@ def connect_ray(address: str | None, metrics_port: int = 0) -> bool:
     return True
 
 
+def connect_s() -> float:
+    """How long joining a cluster may take to get an answer (`VIDFEAT_RAY_CONNECT_S`, default 30 s)."""
+    return float(os.environ.get("VIDFEAT_RAY_CONNECT_S", "30"))
+
+
+def check_reachable(address: str | None) -> None:
+    """Raise ClusterUnreachable, naming `address`, when nothing answers a TCP connection to it within
+    `connect_s()` (Ray itself would retry the GCS for minutes); `address` None: RAY_ADDRESS's; "auto",
+    "local" and no address pass."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    host_port = (address or "").split("://")[-1]
+    if ":" not in host_port:
+        return
+    host, port = host_port.rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=connect_s()).close()
+    except (OSError, ValueError) as exc:
+        why = "nothing listens there" if isinstance(exc, ConnectionRefusedError) else \
+            f"no answer within {connect_s():.0f} s" if isinstance(exc, TimeoutError) else str(exc)
+        raise ClusterUnreachable(f"cannot reach the Ray cluster at {address} ({why}); is it up, and is "
+                                 f"this its address (`ray status` on its head)? The output was not touched") from None
+
+
+@contextlib.contextmanager
+def _named_join_failures(address: str) -> Iterator[None]:
+    """Within the block, Ray's native stderr is captured (then passed on as it was): a join that fails
+    because the cluster refuses this driver's credentials raises ConfigError naming the cause, which Ray
+    logs natively and leaves out of its ConnectionError."""
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except ConnectionError as exc:
+            cause = _auth_failure(_read(captured))
+            if cause:
+                raise ConfigError(f"cannot join the Ray cluster at {address}: it refused this driver's "
+                                  f"credentials ({cause}); RAY_AUTH_MODE (and RAY_AUTH_TOKEN) must be the "
+                                  f"cluster's") from exc
+            raise ClusterUnreachable(f"cannot join the Ray cluster at {address} ({exc})") from exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.write(2, _read(captured).encode(errors="replace"))
+
+
+def _read(captured) -> str:
+    captured.seek(0)
+    return captured.read().decode(errors="replace")
+
+
+def _auth_failure(native_log: str) -> str | None:
+    """The line of Ray's native log that says a cluster refused the credentials, if one does."""
+    lines = [line for line in native_log.splitlines() if any(word in line for word in AUTH_FAILED)]
+    return lines[-1].split("] ", 1)[-1].strip() if lines else None
+
+
 def _check_port_free(port: int) -> None:
     """A clear error for a metrics port that cannot be served (out of range, or taken), before Ray starts."""
-    import socket
-
-    from pipeline.errors import ConfigError
-
     if not port:
         return
     if not 0 < port < 65536:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.run import results
-from pipeline.run.cluster import abandon_ray, cluster_failure, connect_ray, embedded
+from pipeline.run.cluster import abandon_ray, check_reachable, cluster_failure, connect_ray, embedded
 from pipeline.run.collector import VideoCollector
 from pipeline.run.drain import GracefulStop, pulled
 from pipeline.run.metrics import RunMetrics, live_metrics
@@ -93,6 +93,7 @@ def run_extract(source: str, out: str, config: Config, *, listener: RunListener 
     summary = RunSummary(run_id=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     sha, fingerprint = _fingerprint(config)
     corpus = load_corpus(source)
+    check_reachable(config.run.address)              # a cluster that cannot be reached: before the output
     ledger = Ledger(out)
     with WriterLease(ledger) as lease:
         todo = _todo(ledger, lease, corpus, config, fingerprint, summary)
