@@ -102,18 +102,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
             return EXIT_ABORTED
     console.print_summary(summary.to_dict(), config.model.checkpoint, out=args.out)
     if summary.interrupted:
-        return interrupted(summary.interrupted, summary.ok + summary.failed)
+        return interrupted("extract", summary.interrupted, f"{summary.ok + summary.failed} videos finished this run")
     return EXIT_FAILURES if summary.failed else EXIT_OK
 
 
-def interrupted(signal_name: str, finished: int) -> int:
-    """The one line and the code (130 SIGINT, 143 SIGTERM) of a run stopped gracefully by a signal."""
+def interrupted(command: str, signal_name: str, detail: str = "") -> int:
+    """The one line and the code (130 SIGINT, 143 SIGTERM) of a command stopped gracefully by a signal."""
     import signal
 
     from pipeline.exits import RESUMES
 
-    print(f"vidfeat extract: {'interrupted' if signal_name == 'SIGINT' else 'terminated'} ({signal_name}); "
-          f"{RESUMES} (the clips in flight finished first; {finished} videos finished this run)", file=sys.stderr)
+    print(f"vidfeat {command}: {'interrupted' if signal_name == 'SIGINT' else 'terminated'} ({signal_name}); "
+          f"{RESUMES}{f' ({detail})' if detail else ''}", file=sys.stderr)
     return 128 + signal.Signals[signal_name]
 
 
@@ -150,12 +150,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    """Compact OUT. The first SIGTERM / SIGINT finishes or abandons the merge under way (compaction.py),
+    folds, releases the lease and exits 143 / 130; a second one stops at once."""
     import dataclasses
 
+    from pipeline.run.drain import GracefulStop
     from pipeline.store.compaction import compact
 
     require_output(args.out)
-    report = dataclasses.asdict(compact(args.out, target_mb=args.target_mb))
+    stop = GracefulStop(on_signal=lambda name, _: print(f"{name}: finishing or abandoning the merge under way; "
+                                                        f"a second {name} stops at once", file=sys.stderr))
+    with stop.handling():
+        report = dataclasses.asdict(compact(args.out, target_mb=args.target_mb, stop=lambda: stop.signal is not None))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -164,7 +170,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
               f"{report['seconds']:.1f} s)")
         for sub, n in report["files_before"].items():
             print(f"  {sub}/: {n} → {report['files_after'][sub]} files")
-    return EXIT_OK
+    return interrupted("compact", stop.name, "the rest is merged by the next compaction") if stop.signal else EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -215,8 +221,10 @@ def require_output(out: str) -> None:
     read as '0 videos, OK', nor make `compact` create the directory."""
     from fsspec.core import url_to_fs
 
+    from pipeline.storage import guarded
+
     fs, path = url_to_fs(out)
-    path = path.rstrip("/")
+    fs, path = guarded(fs), path.rstrip("/")       # an outage is waited out, not taken for "no output here"
     if not (fs.exists(f"{path}/ledger") or fs.exists(f"{path}/run.json")):
         raise ConfigError(f"{out} is not a vidfeat output directory: it holds no ledger/ and no run.json")
 

@@ -218,11 +218,11 @@ class ConsoleListener(RunListener):
     (pipeline/progress.py), drawn unless `progress` is off."""
 
     def __init__(self, progress: bool = True):
-        self.progress, self.bars = progress, None
+        self.progress, self.bars, self.streaming = progress, None, False
 
     def started(self, todo: int, total: int, out: str) -> None:
         announce(todo, total, out)
-        self.bars = Progress(todo, enabled=self.progress)
+        self.bars, self.streaming = Progress(todo, enabled=self.progress), True
 
     def clip_done(self, row: dict) -> None:
         if self.bars:
@@ -233,10 +233,12 @@ class ConsoleListener(RunListener):
             self.bars.video_done(event)
 
     def stopping(self, signal_name: str, drain_s: float) -> None:
-        print(f"\n{signal_name}: finishing the clips in flight (at most {drain_s:.0f} s); "
-              f"a second {signal_name} stops at once", flush=True)
+        doing = f"the clips in flight (at most {drain_s:.0f} s)" if self.streaming else \
+            "the step under way, then recording the run"
+        print(f"\n{signal_name}: finishing {doing}; a second {signal_name} stops at once", flush=True)
 
     def finished(self) -> None:
+        self.streaming = False
         if self.bars:
             self.bars.close()
 

@@ -5,22 +5,32 @@
 normal case) a failpoint costs one dictionary lookup. `VIDFEAT_FAILPOINT_ONCE=PATH` makes them fire
 only while PATH does not exist (it is created just before dying), so a restarted process goes on.
 
-Points: driver.result (a result row reached the driver: decode and inference under way),
-commit.data (a part's data files are published, its ledger record is not), commit.ledger (both are),
-publish.upload (an object-store upload has sent its first bytes), actor.batch (an inference actor got
-a batch).
+`VIDFEAT_PAUSEPOINTS` (same syntax) with `VIDFEAT_PAUSE_DIR=DIR` makes the n-th hit of a point *pause*
+instead (a test's hold on a phase, to land a signal inside it): it creates `DIR/<name>.paused`, then
+waits until `DIR/<name>.go` exists (at most PAUSE_S); signals are taken meanwhile, as anywhere else.
+
+Points: claim.epoch (a writer claimed its epoch, the state is not yet published), ray.started (the run
+joined or started Ray, nothing is streamed yet), driver.result (a result row reached the driver: decode
+and inference under way), commit.data (a part's data files are published, its ledger record is not),
+commit.ledger (both are), fold.index (a fold published the new index, the records are not archived),
+compact.data (a merge's files are staged, `.compact-*`, its record is not published), compact.record
+(it is), run.record (the run is about to be recorded), publish.upload (an object-store upload has sent
+its first bytes), actor.batch (an inference actor got a batch).
 """
 from __future__ import annotations
 
 import collections
 import os
 import signal
+import time
 
+PAUSE_S = 600.0
 _hits: collections.Counter = collections.Counter()
+_pauses: collections.Counter = collections.Counter()
 
 
-def _armed() -> dict[str, int]:
-    spec = os.environ.get("VIDFEAT_FAILPOINTS", "")
+def _armed(variable: str = "VIDFEAT_FAILPOINTS") -> dict[str, int]:
+    spec = os.environ.get(variable, "")
     points = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, nth = item.partition("@")
@@ -29,7 +39,10 @@ def _armed() -> dict[str, int]:
 
 
 def failpoint(name: str) -> None:
-    """Die here (SIGKILL) if `name` is armed and this is its n-th hit; otherwise do nothing."""
+    """Die here (SIGKILL) if `name` is armed and this is its n-th hit (pause, if armed to; module doc);
+    otherwise do nothing."""
+    if "VIDFEAT_PAUSEPOINTS" in os.environ:
+        _pause(name)
     if "VIDFEAT_FAILPOINTS" not in os.environ:
         return
     nth = _armed().get(name)
@@ -44,3 +57,18 @@ def failpoint(name: str) -> None:
             return
         open(once, "w").close()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pause(name: str) -> None:
+    """Wait at `name` for the test's word, if it is armed to pause and this is its n-th hit (module doc)."""
+    nth = _armed("VIDFEAT_PAUSEPOINTS").get(name)
+    if nth is None:
+        return
+    _pauses[name] += 1
+    if _pauses[name] != nth:
+        return
+    folder = os.environ["VIDFEAT_PAUSE_DIR"]
+    open(os.path.join(folder, f"{name}.paused"), "w").close()
+    deadline = time.monotonic() + PAUSE_S
+    while not os.path.exists(os.path.join(folder, f"{name}.go")) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -175,7 +175,7 @@ def test_a_heartbeat_never_revives_a_lease_another_writer_took(tmp_path):
             held.check()
 
 
-def test_a_heartbeat_survives_any_error_and_a_long_outage_stops_the_writer(tmp_path, monkeypatch):
+def test_a_heartbeat_survives_any_error_and_an_outage_alone_never_loses_the_lease(tmp_path, monkeypatch):
     ledger = Ledger(str(tmp_path / "out"))
     monkeypatch.setattr(lease_mod, "HEARTBEAT_S", 0.05)
     with WriterLease(ledger) as held:
@@ -187,10 +187,8 @@ def test_a_heartbeat_survives_any_error_and_a_long_outage_stops_the_writer(tmp_p
 
         monkeypatch.setattr(held, "_publish", outage)
         assert wait(lambda: len(calls) >= 3)                      # the thread goes on after each error
-        held.check()                                              # a short outage is fine
-        held.beaten -= lease_mod.LOST_AFTER_S + 1                 # ... a long one is not
-        with pytest.raises(LeaseLostError, match="no heartbeat"):
-            held.check()
+        held.beaten -= lease_mod.STALE_S + 1                      # however long it lasts (storage.py's patience
+        held.check()                                              # ends the command, not the lease)
 
 
 def wait(predicate, timeout: float = 10) -> bool:

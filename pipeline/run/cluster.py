@@ -1,13 +1,16 @@
 """Joining and leaving a Ray cluster for one run: an embedded local Ray on 127.0.0.1 or the cluster at
-an address; telling Ray's own failures from a task's; leaving a Ray that a signal is taking down.
+an address; telling Ray's own failures from a task's; leaving a Ray that a signal is taking down;
+keeping the process's SIGTERM / SIGINT handlers across Ray's start and shutdown (keeping_signal_handlers).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import signal
 import socket
 import tempfile
+import threading
 from typing import Iterator
 
 from pipeline.errors import ClusterUnreachable, ConfigError
@@ -34,13 +37,16 @@ def connect_ray(address: str | None, metrics_port: int = 0) -> bool:
             log.warning("--metrics-port serves an embedded Ray's metrics; on the cluster at %s every node "
                         "serves its own (ray start --metrics-export-port)", address)
         check_reachable(address)
-        with _named_join_failures(address):
+        with _named_join_failures(address), keeping_signal_handlers():
             ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
-        return True
+        return ray.is_initialized()             # not when a stop (SIGTERM) cut ray.init short
     _check_port_free(metrics_port)
     metrics = {"_metrics_export_port": metrics_port,
                "_system_config": {"metrics_report_interval_ms": 1000}} if metrics_port else {}
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False, **metrics)
+    with keeping_signal_handlers():
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False, **metrics)
+    if not ray.is_initialized():
+        return False                            # its processes die with this one (PR_SET_PDEATHSIG)
     from pipeline.run.ray_reaper import reap_on_driver_death
 
     reap_on_driver_death()                  # an embedded Ray dies with its driver, even by SIGKILL
@@ -133,6 +139,39 @@ def cluster_failure(exc: BaseException) -> bool:
     import ray.exceptions
 
     return isinstance(exc, ray.exceptions.RayError) and not isinstance(exc, ray.exceptions.RayTaskError)
+
+
+@contextlib.contextmanager
+def keeping_signal_handlers() -> Iterator[None]:
+    """Within the block Ray may take SIGTERM over; at its end the SIGTERM and SIGINT handlers in force at
+    its start are put back. `ray.init` installs a handler that calls sys.exit(15), and its C++ core one
+    of its own (it prints a stack, then calls Python's); `ray.shutdown` leaves SIGTERM at SIG_DFL while
+    `signal.getsignal` still names the Python handler, so a later SIGTERM killed the process outright (no
+    run record, the lease left behind). A SIGTERM that Ray's handler turned into SystemExit(15) within the
+    block goes to the handler that was in force: it raises (Terminated) or asks the run to stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM or not callable(ours[signal.SIGTERM]):
+            raise
+        signal.signal(signal.SIGTERM, ours[signal.SIGTERM])
+        ours[signal.SIGTERM](signal.SIGTERM, None)
+    finally:
+        for sig, handler in ours.items():
+            if handler is not None:                     # None: not installed from Python, left as it is
+                signal.signal(sig, handler)
+
+
+def shutdown_ray() -> None:
+    """`ray.shutdown()`, the process's signal handlers kept (keeping_signal_handlers)."""
+    import ray
+
+    with keeping_signal_handlers():
+        ray.shutdown()
 
 
 def abandon_ray() -> bool:

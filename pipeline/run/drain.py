@@ -6,6 +6,10 @@ and then leaves the result stream; the runner commits every finished video, fold
 the run as interrupted and releases the lease (exit 143 for SIGTERM, 130 for SIGINT). A second signal
 stops at once (`Terminated` / `KeyboardInterrupt`, what the first signal did before: finished videos are
 still committed). Videos in flight at the end of the bound are not committed and the next run does them.
+The runner holds one stop from taking the lease to releasing it, so a signal in another phase ends that
+phase first — the claim, the fold and the run record finish, a Ray being started is left, a merge is
+finished once recorded or else abandoned whole and no other is started (compaction.py) — then the run
+the same way.
 
 The driver never waits inside Ray for the next result while a stop is pending: the results are pulled by
 a thread (`pulled`) and handed over through a small queue that the driver polls, so the signal handler
@@ -28,13 +32,22 @@ _END = object()
 
 
 @contextlib.contextmanager
-def stop_signals(handler: Callable) -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT go to `handler(signum, frame)`, the previous handlers restored
-    after. Only the main thread can take signals: elsewhere the block runs without."""
+def stop_signals(handler: Callable, passed_on: bool = False) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT go to `handler(signum, frame)` (with `passed_on`, then to the
+    Python handler it replaced: a run's stop hears of it too), the previous handlers restored after.
+    Only the main thread can take signals: elsewhere the block runs without."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous: dict = {}
+
+    def handle(signum, frame):
+        handler(signum, frame)
+        if callable(previous.get(signum)):
+            previous[signum](signum, frame)
+
+    installed = handle if passed_on else handler
+    previous.update({sig: signal.signal(sig, installed) for sig in (signal.SIGTERM, signal.SIGINT)})
     try:
         yield
     finally:

@@ -25,7 +25,8 @@ class RunListener:
         """A video is complete and handed to the writer: {"video": {...}} or {"failure": {...}}."""
 
     def stopping(self, signal_name: str, drain_s: float) -> None:
-        """A signal asked the run to stop: the clips in flight get at most `drain_s` seconds (drain.py)."""
+        """A signal asked the run to stop: the clips in flight get at most `drain_s` seconds (drain.py); a
+        signal outside the stream (the claim, the fold, the compaction) lets that step end (runner.py)."""
 
     def finished(self) -> None:
         """The stream ended, normally or not."""

@@ -125,12 +125,13 @@ def parse(text: str) -> dict[str, float]:
 
 def hold_final(metrics: RunMetrics, port: int, linger_s: float, timeout_s: float = 30.0) -> bool:
     """Wait until 127.0.0.1:`port` serves the run's final counters (at most `timeout_s`; logged once seen),
-    then `linger_s` more. Whether they were seen. A SIGTERM or SIGINT meanwhile ends the wait at once: the
-    run then folds, records itself and releases its output as usual (a scheduler's stop must not wait for it)."""
+    then `linger_s` more. Whether they were seen. A SIGTERM or SIGINT meanwhile ends the wait at once and is
+    passed on to the run's stop: the run then folds, records itself as interrupted and releases its output
+    as usual (a scheduler's stop must not wait for it)."""
     from pipeline.run.drain import stop_signals
 
     want, deadline, seen, stop = metrics.expected(), time.monotonic() + timeout_s, False, threading.Event()
-    with stop_signals(lambda *_: stop.set()):
+    with stop_signals(lambda *_: stop.set(), passed_on=True):
         while not seen and not stop.is_set() and time.monotonic() < deadline:
             try:
                 got = scrape(port)

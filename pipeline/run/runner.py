@@ -16,14 +16,16 @@ import dataclasses
 import gc
 import json
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pipeline import storage
 from pipeline.run import results
-from pipeline.run.cluster import abandon_ray, check_reachable, cluster_failure, connect_ray, embedded
+from pipeline.run.cluster import abandon_ray, check_reachable, cluster_failure, connect_ray, embedded, shutdown_ray
 from pipeline.run.collector import VideoCollector
 from pipeline.run.drain import GracefulStop, pulled
 from pipeline.run.metrics import RunMetrics, live_metrics
@@ -94,16 +96,17 @@ def run_extract(source: str, out: str, config: Config, *, listener: RunListener 
     sha, fingerprint = _fingerprint(config)
     corpus = load_corpus(source)
     check_reachable(config.run.address)              # a cluster that cannot be reached: before the output
-    ledger = Ledger(out)
-    with WriterLease(ledger) as lease:
+    ledger, stop = Ledger(out), GracefulStop(config.run.drain_s, listener.stopping)
+    with stop.handling(), WriterLease(ledger) as lease:        # a signal, in any phase: a graceful stop (drain.py)
         todo = _todo(ledger, lease, corpus, config, fingerprint, summary)
-        if len(todo):
+        if len(todo) and stop.signal is None:
             pin = (fingerprint, config.feature_fields())
             writer = PartWriter(ledger, summary, provenance(config, sha, fingerprint, summary.run_id),
                                 commit_every=config.run.commit_every, started=started, pin=pin)
-            _stream_until_stopped(todo, config, writer, summary, listener)
-            _finish(ledger, config, summary)
-        summary.wall_s = time.time() - started
+            _stream_until_stopped(todo, config, writer, summary, listener, stop)
+            _finish(ledger, config, summary, stop)
+        failpoint("run.record")
+        summary.interrupted, summary.wall_s = stop.name, time.time() - started
         record = {"source": source, "config": config.to_dict(), "summary": summary.to_dict()}
         publish_bytes(json.dumps(record, indent=2).encode(), ledger.url("runs", f"{summary.run_id}.json"))
     if summary.stopped:
@@ -171,28 +174,33 @@ def _check_batch(config: Config) -> None:
 
 
 def _stream_until_stopped(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary,
-                          listener: RunListener) -> None:
+                          listener: RunListener, stop: GracefulStop) -> None:
     """`_stream`, where a stop for the failure rate is recorded in the summary (the run is then folded
     and recorded like any other) instead of raised."""
     try:
-        _stream(todo, config, writer, summary, listener)
+        _stream(todo, config, writer, summary, listener, stop)
     except FailureRateExceeded as exc:
         summary.stopped = str(exc)
 
 
-def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, listener: RunListener) -> None:
-    """Run the Ray Data graph over `todo` and commit results as they come."""
+def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary, listener: RunListener,
+            stop: GracefulStop) -> None:
+    """Run the Ray Data graph over `todo` and commit results as they come, until `stop` is asked."""
     run = config.run
     started_ray = connect_ray(run.address, run.metrics_port)
     try:
+        failpoint("ray.started")
+        if stop.signal is not None:                # it came while Ray started: nothing to stream
+            started_ray = started_ray and abandon_ray()
+            return
         listener.started(len(todo), summary.total, writer.ledger.out)
         ds = build_dataset(todo, config)
         gc.freeze()                         # what exists now (torch, Ray, the corpus) lives for the run:
                                             # Python's garbage collector stops walking it (measured: -30%)
         served = run.metrics_port if started_ray and embedded(run.address) else 0
         with live_metrics(ds, summary, served, run.metrics_linger_s) as metrics:
-            _consume(ds, todo, config, writer, summary, listener, metrics)
-        if summary.interrupted:                    # leave now: Ray's executor may still be mid-stream
+            _consume(ds, todo, config, writer, summary, listener, metrics, stop)
+        if stop.signal is not None:                # leave now: Ray's executor may still be mid-stream
             started_ray = started_ray and abandon_ray()
             return
         _record_plan(ds, summary)
@@ -207,16 +215,14 @@ def _stream(todo: Corpus, config: Config, writer: PartWriter, summary: RunSummar
     finally:
         gc.unfreeze()
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunSummary,
-             listener: RunListener, metrics: RunMetrics) -> None:
+             listener: RunListener, metrics: RunMetrics, stop: GracefulStop) -> None:
     """Iterate the results, commit as parts fill; whatever is complete is committed also when the run
-    stops early (an exception, the failure rate)."""
-    collector, stop = VideoCollector(todo.table), GracefulStop(config.run.drain_s, listener.stopping)
+    stops early (an exception, the failure rate, `stop`)."""
+    collector = VideoCollector(todo.table)
     try:
         with stop.handling():                      # SIGTERM / SIGINT: the clips in flight finish (drain.py)
             results = ds.iter_batches(batch_size=None, batch_format="pyarrow")
@@ -232,7 +238,8 @@ def _consume(ds, todo: Corpus, config: Config, writer: PartWriter, summary: RunS
                 writer.add(event)
         summary.interrupted = stop.name
     finally:
-        writer.commit()
+        if not (sys.exc_info()[1] and storage.failing()):     # ending with an error while the store is
+            writer.commit()                                     # failing: a last commit would wait for it
         listener.finished()
 
 
@@ -259,19 +266,23 @@ def _record_plan(ds, summary: RunSummary) -> None:
     log.debug("dataset stats:\n%s", stats)
 
 
-def _finish(ledger: Ledger, config: Config, summary: RunSummary) -> None:
+def _finish(ledger: Ledger, config: Config, summary: RunSummary, stop: GracefulStop) -> None:
     """Fold this run's records into the ledger's index, then compact small parts (if configured). Both
-    are upkeep: the run's videos are committed already, so a failure here is reported, not raised."""
+    are upkeep: the run's videos are committed already, so a failure here is reported, not raised. A
+    stop lets the fold finish, and the compaction finish or abandon the merge under way (compaction.py)."""
     from pipeline.store.compaction import compact
 
     start = time.perf_counter()
     try:
         state = ledger.fold()
-        if config.run.compact and not summary.interrupted:   # a preempted run leaves quickly: the next compacts
-            compact(ledger, target_mb=config.run.compact_target_mb, state=state)
+        if config.run.compact and stop.signal is None:   # a preempted run leaves quickly: the next compacts
+            compact(ledger, target_mb=config.run.compact_target_mb, state=state,
+                    stop=lambda: stop.signal is not None)
     except LeaseLostError:
         raise                                                  # not upkeep: this writer must stop
     except Exception as exc:                                   # noqa: BLE001 - see docstring
+        if storage.unreachable():
+            raise                                              # the store is gone past the patience: end now
         summary.upkeep_error = f"{type(exc).__name__}: {exc}"
         log.error("folding or compacting %s failed (%s); the run's videos are committed, the next run "
                   "or `vidfeat compact` tries again", ledger.out, summary.upkeep_error)

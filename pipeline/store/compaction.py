@@ -17,6 +17,13 @@ garbage collection that starts every run and every compaction finishes the job. 
 differ in schema (written by different versions) is left as it is. A reader that keeps file paths
 across a compaction (a DataLoader over HDF5 parts, a list of `part_urls`) must list them again.
 
+A stop (`stop()` true: a SIGTERM or SIGINT, run/drain.py) is taken between the steps: a group whose
+record is not yet published is abandoned whole — its staged files and its local merge folder removed,
+checked before each member is read and before each staged file and the record are published — a group
+whose record is published is finished (steps 3–4), no other group is started, and the ledger is folded;
+the next compaction merges the rest. Anything else that ends a group before its record (an error, a
+second signal) removes what it staged too.
+
 A merged segment is named after its first member (`<first>-c<stamp>`), so names still sort in commit
 order. The HDF5 layout is unchanged; its `provenance` attribute lists the members' run ids.
 """
@@ -29,6 +36,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,10 +69,26 @@ class CompactionReport:
     files_after: dict[str, int] = field(default_factory=dict)
     bytes_rewritten: int = 0
     seconds: float = 0.0
+    stopped: bool = False              # a stop was asked: the groups not merged are left for the next one
 
 
-def compact(ledger: Ledger | str, target_mb: float = 256, state: LedgerState | None = None) -> CompactionReport:
-    """Merge small live segments of `ledger` (or output URL) into segments of about `target_mb`."""
+class Abandoned(Exception):
+    """A stop was asked before the group's record: the group is abandoned, nothing of it kept."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _check(stop: Callable[[], bool]) -> None:
+    if stop():
+        raise Abandoned()
+
+
+def compact(ledger: Ledger | str, target_mb: float = 256, state: LedgerState | None = None,
+            stop: Callable[[], bool] = _never) -> CompactionReport:
+    """Merge small live segments of `ledger` (or output URL) into segments of about `target_mb`; `stop()`
+    true ends it early, each group merged or abandoned whole (module doc)."""
     ledger = Ledger(ledger) if isinstance(ledger, str) else ledger
     started, report = time.perf_counter(), CompactionReport()
     with WriterLease(ledger) as lease:
@@ -73,7 +97,10 @@ def compact(ledger: Ledger | str, target_mb: float = 256, state: LedgerState | N
         files = Listing(ledger, state)
         report.segments_before, report.files_before = len(state.segments), files.counts()
         for group in plan(files.sizes(), int(target_mb * 2**20)):
-            _merge_or_skip(ledger, files, group, report)
+            if stop():
+                report.stopped = True
+                break
+            _merge_or_skip(ledger, files, group, report, stop)
         state = ledger.fold()
         report.segments_after, report.files_after = len(state.segments), Listing(ledger, state).counts()
     report.seconds = time.perf_counter() - started
@@ -130,21 +157,30 @@ def merged_name(first: str) -> str:
     return f"{base}-c{time.strftime('%Y%m%dT%H%M%S')}{uuid.uuid4().hex[:4]}"
 
 
-def _merge_or_skip(ledger: Ledger, files: Listing, group: list[str], report: CompactionReport) -> None:
+def _merge_or_skip(ledger: Ledger, files: Listing, group: list[str], report: CompactionReport,
+                   stop: Callable[[], bool]) -> None:
     try:
-        report.bytes_rewritten += merge_group(ledger, files, group, merged_name(group[0]))
+        report.bytes_rewritten += merge_group(ledger, files, group, merged_name(group[0]), stop=stop)
         report.groups += 1
     except Incompatible as exc:
         report.skipped += 1
         log.warning("not merging %s … %s: %s", group[0], group[-1], exc)
+    except Abandoned:
+        log.info("a stop was asked: the merge of %s … %s is abandoned, nothing of it kept", group[0], group[-1])
 
 
 def merge_group(ledger: Ledger, files: Listing, group: list[str], name: str, drop: frozenset = frozenset(),
-                kind: str = "compaction") -> int:
+                kind: str = "compaction", stop: Callable[[], bool] = _never) -> int:
     """Steps 1–4 of the module doc for one group, leaving out the rows of the `drop` ids (retired: no
-    longer done, see retire.py); returns the bytes written."""
-    staged = _stage(ledger, files, group, name, drop)
-    failpoint("compact.data")
+    longer done, see retire.py); returns the bytes written. Raises Abandoned, having removed what it
+    staged, when `stop()` turns true before the record."""
+    staged = _stage(ledger, files, group, name, drop, stop)
+    try:
+        failpoint("compact.data")
+        _check(stop)                      # the last moment to abandon: the record makes the merge count
+    except BaseException:
+        _unstage(ledger, name, list(staged))
+        raise
     ledger.record_compaction(f"{kind}-{name}", [name], group, retired=sorted(drop))
     failpoint("compact.record")
     ledger.check_fence()              # after the record: a writer that claims later holds it (records.py)
@@ -157,27 +193,52 @@ def merge_group(ledger: Ledger, files: Listing, group: list[str], name: str, dro
     return sum(staged.values())
 
 
-def _stage(ledger: Ledger, files: Listing, group: list[str], name: str, drop: frozenset) -> dict[str, int]:
-    """Write the group's merged files (less the `drop` ids' rows) and publish them staged; folder → bytes."""
-    written = {}
-    with tempfile.TemporaryDirectory(prefix="vidfeat-compact-") as tmp:
-        for sub in DATA_DIRS:
-            members = files.members(sub, group)
-            if members:
-                local = os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}")
-                (_merge_hdf5 if sub == "hdf5" else _merge_parquet)(ledger, members, local, drop)
-                written[sub] = os.path.getsize(local)
-        for sub in written:
-            publish_file(os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}"),
-                         ledger.url(sub, segments.file_name(name, sub, staged=True)))
+def _stage(ledger: Ledger, files: Listing, group: list[str], name: str, drop: frozenset,
+           stop: Callable[[], bool]) -> dict[str, int]:
+    """Write the group's merged files (less the `drop` ids' rows) and publish them staged; folder → bytes.
+    When it does not return (Abandoned: `stop()` turned true; an error; a signal) nothing it staged is left."""
+    written, published = {}, []
+    try:
+        with tempfile.TemporaryDirectory(prefix="vidfeat-compact-") as tmp:
+            for sub in DATA_DIRS:
+                members = files.members(sub, group)
+                if members:
+                    local = os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}")
+                    (_merge_hdf5 if sub == "hdf5" else _merge_parquet)(ledger, members, local, drop, stop)
+                    written[sub] = os.path.getsize(local)
+            for sub in written:
+                _check(stop)
+                published.append(sub)
+                publish_file(os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}"),
+                             ledger.url(sub, segments.file_name(name, sub, staged=True)))
+    except BaseException:
+        _unstage(ledger, name, published)
+        raise
     return written
 
 
-def _merge_parquet(ledger: Ledger, members: list[str], local: str, drop: frozenset = frozenset()) -> None:
+def _unstage(ledger: Ledger, name: str, subs: list[str]) -> None:
+    """Remove the staged files of `name` in the folders `subs` (no record names them: they are ours). A
+    failing store is not waited for on the way out: the next run's garbage collection removes them."""
+    if storage.failing():
+        return
+    for sub in subs:
+        try:
+            ledger.fs.rm(ledger.path(sub, segments.file_name(name, sub, staged=True)))
+        except FileNotFoundError:
+            pass                                  # its publish never got that far
+        except Exception as exc:                  # noqa: BLE001 - must not hide why the merge ended
+            log.warning("could not remove the staged %s (%s: %s); the next run's garbage collection will",
+                        segments.file_name(name, sub, staged=True), type(exc).__name__, exc)
+
+
+def _merge_parquet(ledger: Ledger, members: list[str], local: str, drop: frozenset = frozenset(),
+                   stop: Callable[[], bool] = _never) -> None:
     """Concatenate Parquet files of one schema, in order, into one file with row groups of ~64 MB,
-    leaving out the rows of the `drop` ids."""
+    leaving out the rows of the `drop` ids (Abandoned, between two members, when `stop()` is true)."""
     writer, buffered, size = None, [], 0
     for path in members:
+        _check(stop)
         table = _read_member(ledger, path)
         if drop:
             table = table.filter(pc.invert(pc.is_in(table.column("video_id"), value_set=pa.array(sorted(drop)))))
@@ -206,17 +267,26 @@ def _read_member(ledger: Ledger, path: str) -> pa.Table:
                                  f"deleted: `vidfeat verify` lists the damage") from None
 
 
-def _merge_hdf5(ledger: Ledger, members: list[str], local: str, drop: frozenset = frozenset()) -> None:
-    """Concatenate HDF5 parts in order, leaving out the `drop` ids (store/hdf5.py: merge). The merge
-    reads every member twice (its layout, then its rows) in many small pieces; a remote member is
-    therefore fetched whole, once, next to `local`, and read from there."""
+def _merge_hdf5(ledger: Ledger, members: list[str], local: str, drop: frozenset = frozenset(),
+                stop: Callable[[], bool] = _never) -> None:
+    """Concatenate HDF5 parts in order, leaving out the `drop` ids (store/hdf5.py: merge; Abandoned, before
+    a member is opened, when `stop()` is true). The merge reads every member twice (its layout, then its
+    rows) in many small pieces; a remote member is therefore fetched whole, once, next to `local`, and
+    read from there."""
+    def checked(open_member):
+        def opened(path):
+            _check(stop)
+            return open_member(path)
+        return opened
+
     if storage.is_local(ledger.fs):
-        return hdf5_sink.merge(lambda path: ledger.fs.open(path, "rb"), members, local, drop)
+        return hdf5_sink.merge(checked(lambda path: ledger.fs.open(path, "rb")), members, local, drop)
     copies = {path: f"{local}.member-{i}" for i, path in enumerate(members)}
     try:
         for path, copy in copies.items():
+            _check(stop)
             ledger.fs.get_file(path, copy)
-        hdf5_sink.merge(lambda path: open(copies[path], "rb"), members, local, drop)
+        hdf5_sink.merge(checked(lambda path: open(copies[path], "rb")), members, local, drop)
     finally:
         for copy in copies.values():
             if os.path.exists(copy):

@@ -13,10 +13,14 @@ Without a lease, garbage collection at the start of one writer could delete the 
 has published but not yet committed.
 
 The heartbeat never revives a lease another writer took: before each beat it reads its lease back, and
-when it is gone or not its own the lease is *lost* for good. A heartbeat that cannot be published for
-LOST_AFTER_S (any error: a storage outage) also loses it. A lost lease stops the writer before its next
-commit (`check`, called by Ledger.check_fence). The lease is advisory; what makes a taken-over writer
-harmless is the ledger's epoch (records.py).
+when it is gone or not its own the lease is *lost* for good; a lost lease stops the writer before its
+next commit (`check`, called by Ledger.check_fence). A storage outage alone never loses the lease: the
+beats wait it out (storage.py's patience) and the writer goes on, and when the store answers again the
+lease read back and the ledger's fence (a later epoch claimed meanwhile, records.py) decide whether this
+writer may go on. An outage longer than STALE_S lets another writer take the output over; this one
+then stops at its next commit (LeaseLostError, exit 75): the lease is advisory, what makes a taken-over
+writer harmless is the ledger's epoch. A writer ending with an error while the store is failing (past
+the patience: StorageError) leaves its lease to go stale rather than wait for the store once more.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import threading
 import time
 import uuid
 
+from pipeline import storage
 from pipeline.errors import ConfigError, LeaseLostError
 from pipeline.store.publish import publish_bytes
 
@@ -35,7 +40,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
-LOST_AFTER_S = STALE_S - 2 * HEARTBEAT_S     # no beat published this long: stop before others take over
 _held: dict[str, "WriterLease"] = {}          # output URL → the lease this process holds on it
 
 
@@ -49,7 +53,7 @@ class WriterLease:
         self.stop = threading.Event()
         self.nested = False
         self.lost: str | None = None            # why this lease is lost, once it is
-        self.beaten = time.time()               # when a heartbeat was last published
+        self.beaten = time.time()               # when a heartbeat was last published (an outage: long ago)
 
     def __enter__(self) -> "WriterLease":
         if self.ledger.out in _held:
@@ -70,11 +74,15 @@ class WriterLease:
         threading.Thread(target=self._beat, name="vidfeat-lease", daemon=True).start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.nested:
             return
         self.stop.set()
         _held.pop(self.ledger.out, None)
+        if exc is not None and storage.failing():          # ending with an error: no waiting for the store
+            log.warning("the writer lease %s is left to go stale (%.0f s; at once for a run on this host): the "
+                        "store is not answering", self._url(self.me["id"]), STALE_S)
+            return
         try:
             self._delete()
         except Exception as error:                  # noqa: BLE001 - must not hide why the writer is ending
@@ -82,11 +90,10 @@ class WriterLease:
                         self._url(self.me["id"]), type(error).__name__, error, STALE_S)
 
     def check(self) -> None:
-        """Raise LeaseLostError when this lease is lost or its heartbeat has not been published lately."""
+        """Raise LeaseLostError when this lease is lost (another writer removed it); an outage alone never
+        loses it (module doc)."""
         if self.nested:
             return _held[self.ledger.out].check() if self.ledger.out in _held else None
-        if self.lost is None and time.time() - self.beaten > LOST_AFTER_S:
-            self.lost = f"no heartbeat could be published for {time.time() - self.beaten:.0f} s"
         if self.lost:
             raise LeaseLostError(f"{self.ledger.out}: this writer lost its lease ({self.lost}); committed work is "
                                  f"safe, and the same command resumes")

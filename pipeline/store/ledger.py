@@ -146,6 +146,7 @@ class Ledger(Pinned):
         epoch = self._next_epoch()
         claims.claim(self, epoch, lease)
         self.epoch, self.lease = epoch, lease
+        failpoint("claim.epoch")
         state = self._certain(self.load(exclude=epoch), epoch)
         claims.accept(self, epoch, state.records & {_stem(p) for p in self._json_files("ledger")})
         state = dataclasses.replace(state, epoch=epoch)
