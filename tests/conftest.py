@@ -45,7 +45,8 @@ def ray_env() -> dict:
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """A `ray start --head` cluster on 127.0.0.1: {"address", "dashboard"}; stopped after the session.
+    """A `ray start --head` cluster on 127.0.0.1: {"address", "dashboard", "agent_port"}; stopped after the
+    session.
 
     It runs with `--block` in a session of its own, so that what this test session started is exactly
     that process and its descendants, and only they are stopped (`stop_tree`): never `ray stop`, which
@@ -53,17 +54,19 @@ def ray_head(tmp_path_factory):
     if shutil.which("ray") is None:
         pytest.fail("the `ray` command is missing: install the package with its dependencies")
     temp = tmp_path_factory.mktemp("ray")
-    port, dash = free_port(), free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
+    # the job agent on a free port too: at its default (52365) another Ray on the machine would hold it,
+    # and `ray job submit` would be told "No available agent to submit job"
     cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--num-gpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-           f"--temp-dir={temp}", "--disable-usage-stats"]
+           f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}", "--disable-usage-stats"]
     head = subprocess.Popen(cmd, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         address = f"127.0.0.1:{port}"
         assert wait_for(lambda: head.poll() is not None or _head_up(address), timeout=180), "ray head did not start"
         assert head.poll() is None, f"`ray start --head` exited with {head.returncode}"
-        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "agent_port": agent}
     finally:
         stop_tree(head)
 
@@ -117,6 +120,14 @@ def tiny_config():
     return Config.from_preset("tiny", checkpoint="random").replace(run={"commit_every": 2})
 
 
+@pytest.fixture(scope="session")
+def head_config(ray_head, tiny_config):
+    """`tiny_config` joining `ray_head` with one inference actor (`--num-actors 1` on a command line): the
+    head's two logical GPUs would start two, each a process that imports torch and builds the model (~6 s
+    of CPU a run). For the runs whose point is not how inference spreads over actors."""
+    return tiny_config.replace(run={"address": ray_head["address"], "num_actors": 1})
+
+
 def run_cli(*args: str, timeout: float = 300, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """`python -m pipeline ARGS` in a subprocess with a loopback-only Ray environment (plus `env_extra`)."""
     return subprocess.run([sys.executable, "-m", "pipeline", *args], env={**ray_env(), **(env_extra or {})},
@@ -133,45 +144,178 @@ def wait_for(predicate, timeout: float = 240, interval: float = 0.2) -> bool:
     return False
 
 
-# --- object storage: moto's S3 server on 127.0.0.1 (one server per test module that asks) -----------
+# --- object storage: a server per store on 127.0.0.1 (one per test module that asks) --------------------
+# moto (S3), gcp-storage-emulator (GCS) and Azurite (Azure Blob), each started by the test session on a
+# free loopback port and stopped after the module, with the bucket BUCKET and the fsspec settings that
+# point at it: in this process (fsspec.config.conf) and in the environment a test gives its subprocesses
+# (`env`: FSSPEC_<PROTOCOL>_*, which the driver forwards to the cluster's workers). `exclusive_create`
+# says whether the server refuses a second `pipe_file(mode="create")` of one name, probed at the start:
+# an emulator that ignores the precondition is named by the tests that need it, never taken for the
+# store. A missing emulator fails the tests when CI is set (.ci/run installs it) and skips them otherwise.
+
+BUCKET = "vidfeat-test"                     # 3-63 characters: Azure's rule for a container's name
+# gcp-storage-emulator's own command, with a 3 s socket timeout on its (single) request handler (see `gcs`)
+GCS_EMULATOR = ("import sys; from gcp_storage_emulator import server; server.RequestHandler.timeout = 3; "
+                "from gcp_storage_emulator.__main__ import main; sys.exit(main())")
+# Azurite's documented development account (devstoreaccount1): the same key on every Azurite
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 and the environment that points fsspec/s3fs at it."""
     import s3fs  # noqa: F401  (the dev extra has it: missing, the S3 tests fail, as the Ray fixture does)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # fsspec's own env config (FSSPEC_S3_*): the driver forwards it to the cluster's workers
-    env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "FSSPEC_S3_KEY": "testing",
-           "FSSPEC_S3_SECRET": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    import urllib.request
+    url = f"http://127.0.0.1:{port}"
+    conf = {"endpoint_url": url, "key": "testing", "secret": "testing"}
+    env = {"FSSPEC_S3_ENDPOINT_URL": url, "FSSPEC_S3_KEY": "testing", "FSSPEC_S3_SECRET": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with object_store(cmd, port, "s3", conf, env) as store:
+        yield store
 
-    def up():
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200
-        except OSError:
-            return False
 
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """gcp-storage-emulator on 127.0.0.1 and the environment that points fsspec/gcsfs at it.
+
+    gcsfs's default class (ExtendedGcsFileSystem, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT on) first asks the
+    Storage Control API, over gRPC, for the bucket's layout, and does not cache a failed answer; the
+    emulator has no gRPC API, so every call would wait 60 s for that to fail. Here, and in the
+    subprocesses, gcsfs is its core GCSFileSystem: what the extended one delegates to for a standard
+    (not zonal) bucket. The emulator has no objects.moveTo either: here a move copies and deletes at
+    once (`gcsfs_on_the_emulator`); a subprocess that moves (a compaction) waits ~30 s a move first.
+    The emulator serves one connection at a time and waits without limit for a request on it: a
+    connection the client opened and dropped unused (gcsfs's read-ahead cancels reads) stalls every
+    client; it runs here with a 3 s limit on each wait (GCS_EMULATOR). Its access log (`log`) shows each
+    request line, its query included."""
+    import importlib.util
+
+    import gcsfs.core  # noqa: F401  (the dev extra has it)
+
+    emulator(importlib.util.find_spec("gcp_storage_emulator"), "gcp-storage-emulator",
+             "the dev extra installs it: pip install -e '.[dev]'")
+    port, log = free_port(), tmp_path_factory.mktemp("gcs") / "access.log"
+    url = f"http://127.0.0.1:{port}"
+    conf = {"endpoint_url": url, "token": "anon", "project": BUCKET}
+    env = {"FSSPEC_GCS_ENDPOINT_URL": url, "FSSPEC_GCS_TOKEN": "anon", "FSSPEC_GCS_PROJECT": BUCKET,
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    cmd = [sys.executable, "-c", GCS_EMULATOR, "start", "-H", "127.0.0.1", "--port", str(port), "--in-memory"]
+    with gcsfs_on_the_emulator(), object_store(cmd, port, "gcs", conf, env, log=log) as store:
+        yield {**store, "log": log}
+
+
+@pytest.fixture(scope="module")
+def azure(tmp_path_factory):
+    """Azurite's Blob service on 127.0.0.1 (in memory, no telemetry) and the environment that points
+    fsspec/adlfs at it. `--skipApiVersionCheck`: azure-storage-blob may speak a newer REST version than
+    this Azurite knows; what the tests use is older than both."""
+    import adlfs  # noqa: F401  (the dev extra has it)
+
+    command = emulator(shutil.which("azurite-blob"), "azurite-blob", "npm install -g azurite (.ci/run does)")
+    port, home = free_port(), tmp_path_factory.mktemp("azurite")
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    cmd = [command, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+           "--disableTelemetry", "--skipApiVersionCheck"]
+    with object_store(cmd, port, "abfs", {"connection_string": conn}, {"FSSPEC_ABFS_CONNECTION_STRING": conn},
+                      log=home / "access.log", cwd=home) as store:
+        yield store
+
+
+def emulator(found, name: str, install: str):
+    """`found` (where the store emulator `name` was found); when it was not (None), fail if CI is set,
+    skip otherwise."""
+    if found is None:
+        why = f"the store emulator `{name}` is missing ({install})"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(why)                        # CI installs it: missing there is a broken CI, not a skip
+        pytest.skip(why + "; this store's tests did not run (CI runs them)")
+    return found
+
+
+@contextlib.contextmanager
+def gcsfs_on_the_emulator():
+    """gcsfs in this process as it can run on gcp-storage-emulator, put back afterwards: gs:// and gcs://
+    served by its core GCSFileSystem whatever class gcsfs exported when it was imported (see the `gcs`
+    fixture), and a move copies and deletes at once. (gcsfs moves with the objects.moveTo API, which the
+    emulator lacks: it answers 501, which gcsfs retries for about 30 s before it copies and deletes.)"""
+    import importlib
+
+    import fsspec
+    from fsspec.asyn import AsyncFileSystem
+    from gcsfs.core import GCSFileSystem
+
+    registry = importlib.import_module("fsspec.registry")._registry     # (`fsspec.registry` is a read-only view)
+    saved = {p: registry.get(p) for p in GCSFileSystem.protocol}
+    move = GCSFileSystem.__dict__["_mv_file"]
+    for p in GCSFileSystem.protocol:
+        fsspec.register_implementation(p, GCSFileSystem, clobber=True)
+    GCSFileSystem._mv_file = AsyncFileSystem._mv_file                  # copy, then delete
+    try:
+        yield
+    finally:
+        GCSFileSystem._mv_file = move
+        for p, cls in saved.items():
+            if cls is None:
+                registry.pop(p, None)
+            else:
+                registry[p] = cls
+
+
+@contextlib.contextmanager
+def object_store(cmd: list, port: int, protocol: str, conf: dict, env: dict, log=None, cwd=None):
+    """Run the server `cmd` (listening on `port`) and point fsspec's `protocol` at it (`conf` here, `env`
+    for subprocesses) until the block ends; yields {"env", "fs", "bucket", "protocol", "exclusive_create"}."""
+    import fsspec
+
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
     old = {k: os.environ.get(k) for k in env}
     try:
-        assert wait_for(up, timeout=60), "moto server did not start"
+        assert wait_for(lambda: server.poll() is not None or answers(port), timeout=60), f"{cmd[0]} did not start"
+        assert server.poll() is None, f"`{' '.join(cmd)}` exited with {server.returncode} (output: {log})"
         os.environ.update(env)
-        import fsspec
-
-        conf = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"], "key": "testing", "secret": "testing"}
-        fsspec.config.conf["s3"] = conf                                   # this process, too
-        fs = fsspec.filesystem("s3", skip_instance_cache=True, **conf)
-        fs.mkdir("vidfeat-test")
-        yield {"env": env, "fs": fs, "bucket": "vidfeat-test"}
+        fsspec.config.conf[protocol] = conf                               # this process, too
+        fs = fsspec.filesystem(protocol, skip_instance_cache=True, **conf)
+        fs.mkdir(BUCKET)
+        yield {"env": env, "fs": fs, "bucket": BUCKET, "protocol": protocol,
+               "exclusive_create": refuses_second_create(fs, f"{BUCKET}/.probe-exclusive-create")}
     finally:
-        import fsspec
-
-        fsspec.config.conf.pop("s3", None)
-        server.kill()
-        server.wait()
+        fsspec.config.conf.pop(protocol, None)
+        stop_tree(server)
+        if log:
+            out.close()
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def answers(port: int) -> bool:
+    """Whether an HTTP server answers on 127.0.0.1:`port` (any status: an error is an answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def refuses_second_create(fs, path: str) -> bool:
+    """Whether the store refuses `pipe_file(mode="create")` over an existing object (FileExistsError),
+    as S3's If-None-Match, GCS's ifGenerationMatch=0 and Azure's If-None-Match: * do; the probe's object
+    is removed."""
+    fs.pipe_file(path, b"first", mode="create")
+    try:
+        fs.pipe_file(path, b"second", mode="create")
+        return False
+    except FileExistsError:
+        return True
+    finally:
+        fs.rm(path)
