@@ -29,9 +29,9 @@ def embeddings(out: str) -> dict[str, np.ndarray]:
     return dict(zip(videos.ids, videos.embedding))
 
 
-def test_changed_uris_are_reported_then_redone_exactly_once(ray_head, corpus, tiny_config, tmp_path, caplog):
+def test_changed_uris_are_reported_then_redone_exactly_once(head_config, corpus, tmp_path, caplog):
     a, b, c = (os.path.join(corpus["dir"], name) for name in corpus["good"][:3])
-    config = tiny_config.replace(run={"address": ray_head["address"]})
+    config = head_config
     out = str(tmp_path / "out")
     first = run_extract(manifest(tmp_path / "m1.parquet", {"x": a, "y": b, "z": c}), out, config, progress=False)
     assert (first.ok, first.changed) == (3, 0)

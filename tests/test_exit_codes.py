@@ -12,16 +12,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from pipeline import cli
 from pipeline.errors import LeaseLostError
-from pipeline.plan.samples import write_index_video
 
 from conftest import ray_env, run_cli
 from featurekit import build_output
+from midrun import VIDEOS, Stopped, caught_mid_run, shared_sigterm_run, sigterm
 
 
 @pytest.fixture(scope="module")
@@ -190,41 +189,51 @@ def test_rays_sigterm_handler_exit_is_143_and_other_exits_pass(finished, monkeyp
 
 # ------------------------------------------------------------------ the process exits with its code
 
+# A native exit handler that aborts, as the static destructors of native threads (pyarrow, h5py) sometimes
+# did at teardown ('terminate called without an active exception', 134, after the result was printed):
+# it runs if and only if the process ends through exit() instead of leaving with os._exit.
+ABORT_AT_EXIT = """
+import ctypes
+import sys
+libc = ctypes.CDLL(None)
+assert libc.on_exit(ctypes.cast(libc.abort, ctypes.c_void_p), None) == 0
+if sys.argv[1:] == ["--plain-exit"]:
+    sys.exit(0)
+from pipeline.cli import run_cli
+run_cli(sys.argv[1:])
+"""
+
+
 def test_status_and_verify_exit_with_their_code_every_time(finished):
-    """Three at a time, five rounds: native threads (pyarrow, h5py) used to abort some at teardown
-    ('terminate called without an active exception', 134) after they had printed their result."""
-    for _ in range(5):
-        procs = [subprocess.Popen([sys.executable, "-m", "pipeline", command, finished], env=ray_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for command in ("status", "verify", "verify")]
-        for proc in procs:
-            out, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0 and "terminate called" not in err, (proc.returncode, err)
-            assert out.strip()
+    """Three at a time, each with a native exit handler that aborts: an abort at teardown needs no unlucky
+    timing to show, it happens to every process that runs native teardown (the control: a plain exit)."""
+    control = subprocess.run([sys.executable, "-c", ABORT_AT_EXIT, "--plain-exit"], capture_output=True, timeout=60)
+    assert control.returncode == -signal.SIGABRT, control
+    procs = [subprocess.Popen([sys.executable, "-c", ABORT_AT_EXIT, command, finished], env=ray_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for command in ("status", "verify", "verify")]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "terminate called" not in err, (proc.returncode, err)
+        assert out.strip()
 
 
-@pytest.mark.parametrize("whole_group", [False, True], ids=["driver", "process-group"])
-def test_sigterm_stops_an_extract_commits_and_exits_143(tmp_path, log_dir, whole_group):
-    """A run signalled after its first commit: 143 (not 134), the lease released, the output sound. The
-    signal goes to the driver (a scheduler's preemption of the main process) or to its whole process
-    group (timeout(1), systemd, Slurm: the embedded Ray's processes get it too)."""
-    videos, out = tmp_path / "videos", str(tmp_path / "out")
-    videos.mkdir()
-    for i in range(60):                          # enough that the run is still going after its first commit
-        write_index_video(str(videos / f"v{i:02d}.mp4"), num_frames=40)
-    (tmp_path / "run.yaml").write_text("run:\n  commit_every: 1\n")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", str(videos), "--out", out, "--preset",
-                             "tiny", "--checkpoint", "random", "--config", str(tmp_path / "run.yaml"),
-                             "--no-progress"], env={**ray_env(), "VIDFEAT_LOG_DIR": log_dir},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not glob.glob(os.path.join(out, "ledger", "*.json")) and proc.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    (os.killpg if whole_group else os.kill)(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 143, err
-    assert "terminated (SIGTERM); committed work is safe" in one_line(err)
+@pytest.fixture(params=["driver", "process-group"])
+def sigterm_stopped(request, tmp_path, log_dir) -> Stopped:
+    """A run on its own embedded Ray signalled after its first commit: to the driver (a scheduler's
+    preemption of the main process: the session's shared run, which test_graceful_stop checks too) or to
+    its whole process group (timeout(1), systemd, Slurm: the embedded Ray's processes get it too)."""
+    if request.param == "driver":
+        return shared_sigterm_run(request)
+    with caught_mid_run(tmp_path, env_extra={"VIDFEAT_LOG_DIR": log_dir}) as run:
+        return sigterm(run, whole_group=True)
+
+
+def test_sigterm_stops_an_extract_commits_and_exits_143(sigterm_stopped):
+    """143 (not 134), one line, the lease released, the output sound."""
+    stopped, out = sigterm_stopped, sigterm_stopped.run.out
+    assert stopped.returncode == 143, stopped.stderr
+    assert "terminated (SIGTERM); committed work is safe" in one_line(stopped.stderr)
     assert os.listdir(os.path.join(out, ".writers")) == []     # the lease is released
     assert run_cli("verify", out).returncode == 0
 
@@ -236,28 +245,16 @@ def test_a_raylet_killed_under_an_extract_is_69_on_one_line_and_the_run_resumes(
     import ray  # noqa: F401 - puts Ray's own copy of psutil on sys.path
 
     import psutil
-    videos, out = tmp_path / "videos", str(tmp_path / "out")
-    videos.mkdir()
-    for i in range(40):
-        write_index_video(str(videos / f"v{i:02d}.mp4"), num_frames=40)
-    (tmp_path / "run.yaml").write_text("run:\n  commit_every: 1\n")
-    args = [sys.executable, "-m", "pipeline", "extract", str(videos), "--out", out, "--preset", "tiny",
-            "--checkpoint", "random", "--config", str(tmp_path / "run.yaml"), "--no-progress"]
-    proc = subprocess.Popen(args, env={**ray_env(), "VIDFEAT_LOG_DIR": log_dir}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not glob.glob(os.path.join(out, "ledger", "*.json")) and proc.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    raylets = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "raylet"]
-    assert raylets, "the embedded Ray has a raylet"
-    for raylet in raylets:
-        raylet.kill()
-    stdout, err = proc.communicate(timeout=300)
-    assert proc.returncode == 69, (stdout[-3000:], err)
-    assert "the Ray cluster failed under the run" in one_line(err) and "committed work is safe" in err
-    assert run_cli("verify", out).returncode == 0
-    again = subprocess.run(args, env={**ray_env(), "VIDFEAT_LOG_DIR": log_dir}, capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "40 videos" in run_cli("verify", out).stdout
+    with caught_mid_run(tmp_path, env_extra={"VIDFEAT_LOG_DIR": log_dir}) as run:
+        raylets = [p for p in psutil.Process(run.proc.pid).children(recursive=True) if p.name() == "raylet"]
+        assert raylets, "the embedded Ray has a raylet"
+        for raylet in raylets:
+            raylet.kill()
+        stdout, err = run.proc.communicate(timeout=300)
+        assert run.proc.returncode == 69, (stdout[-3000:], err)
+        assert "the Ray cluster failed under the run" in one_line(err) and "committed work is safe" in err
+        assert run_cli("verify", run.out).returncode == 0
+        run.gate.open()
+        again = run.again()
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert f"{VIDEOS} videos" in run_cli("verify", run.out).stdout

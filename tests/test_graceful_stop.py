@@ -6,21 +6,20 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from pipeline.errors import Terminated
-from pipeline.plan.samples import write_index_video
 from pipeline.read.features import read_table
 from pipeline.run.drain import GracefulStop, pulled
 from pipeline.store.ledger import Ledger
 
-from conftest import ray_env, run_cli
+from conftest import run_cli
+from midrun import VIDEOS, shared_sigterm_run
 
 
 def slow_results(n: int, every_s: float = 0.05):
@@ -99,32 +98,20 @@ def test_an_error_of_the_stream_reaches_the_driver():
         list(pulled(broken(), GracefulStop(), set))
 
 
-def test_sigterm_mid_run_commits_what_finished_records_it_and_the_next_run_resumes(tmp_path):
-    videos, out = tmp_path / "videos", str(tmp_path / "out")
-    videos.mkdir()
-    for i in range(40):
-        write_index_video(str(videos / f"v{i:02d}.mp4"), num_frames=40)
-    (tmp_path / "run.yaml").write_text("run:\n  commit_every: 1\n")
-    args = ["extract", str(videos), "--out", out, "--preset", "tiny", "--checkpoint", "random",
-            "--config", str(tmp_path / "run.yaml"), "--no-progress", "--drain-s", "20"]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=ray_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not glob.glob(os.path.join(out, "ledger", "*.json")) and proc.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    before = len(Ledger(out).load().done)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr
-    assert "finishing the clips in flight" in stdout and "terminated (SIGTERM); committed work is safe" in stderr
+def test_sigterm_mid_run_commits_what_finished_records_it_and_the_next_run_resumes(request, tmp_path):
+    stopped = shared_sigterm_run(request)            # the run test_exit_codes checks the exit of
+    out = stopped.run.out
+    assert stopped.returncode == 143, stopped.stderr
+    assert "finishing the clips in flight" in stopped.stdout
+    assert "terminated (SIGTERM); committed work is safe" in stopped.stderr
     assert os.listdir(os.path.join(out, ".writers")) == []                       # lease released
     state = Ledger(out).load()
-    assert before <= len(state.done) < 40
+    assert stopped.done_at_signal <= len(state.done) < VIDEOS
     run, = [json.load(open(p)) for p in glob.glob(os.path.join(out, "runs", "*.json"))]
     assert run["summary"]["interrupted"] == "SIGTERM" and run["summary"]["ok"] == len(state.done)
-    resumed = run_cli(*args[:-2], timeout=600)
+    resumed_out = shutil.copytree(out, str(tmp_path / "out"))                    # the shared output stays as it was
+    resumed = stopped.run.again(resumed_out)
     assert resumed.returncode == 0, resumed.stderr
-    ids = read_table(out, "videos", ["video_id"]).column("video_id").to_pylist()
-    assert sorted(ids) == sorted(f"v{i:02d}.mp4" for i in range(40))            # every video exactly once
-    assert run_cli("verify", out).returncode == 0
+    ids = read_table(resumed_out, "videos", ["video_id"]).column("video_id").to_pylist()
+    assert sorted(ids) == sorted(f"v{i:02d}.mp4" for i in range(VIDEOS))       # every video exactly once
+    assert run_cli("verify", resumed_out).returncode == 0

@@ -34,14 +34,14 @@ def hostile_ids(n: int, seed: int = 0) -> list[str]:
     return list(dict.fromkeys(fixed + extra))[:n]
 
 
-def test_hostile_ids_are_carried_exactly_to_every_output(ray_head, corpus, tiny_config, tmp_path):
+def test_hostile_ids_are_carried_exactly_to_every_output(head_config, corpus, tmp_path):
     ids = hostile_ids(8)
     videos = [os.path.join(corpus["dir"], name) for name in corpus["good"]]
     uris = [videos[i % len(videos)] for i in range(len(ids))]
     manifest = str(tmp_path / "m.parquet")
     pq.write_table(pa.table({"video_id": ids, "uri": uris}), manifest)
     out = str(tmp_path / "out")
-    summary = run_extract(manifest, out, tiny_config.replace(run={"address": ray_head["address"]}), progress=False)
+    summary = run_extract(manifest, out, head_config, progress=False)
     assert (summary.ok, summary.failed) == (len(ids), 0)
     expected = dict(zip(ids, uris))
     rows = read_table(out, "videos", ["video_id", "uri", "num_clips"]).to_pylist()

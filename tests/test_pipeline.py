@@ -24,7 +24,7 @@ from pipeline.run.runner import run_extract
 from pipeline.decode.transforms import crop, to_model_input
 from pipeline.read.verify import verify
 
-from conftest import ray_env, run_cli
+from conftest import answers, ray_env, run_cli, wait_for
 
 D, C = 64, 10          # tiny preset
 
@@ -105,11 +105,11 @@ def test_features_equal_the_model_run_directly(first_run, corpus):
         assert videos[vid]["preset"] == "tiny" and videos[vid]["checkpoint_sha256"] == "random:tiny:0"
 
 
-def test_float32_frames_travel_through_ray_next_to_failure_rows(ray_head, corpus, tiny_config, tmp_path):
+def test_float32_frames_travel_through_ray_next_to_failure_rows(head_config, corpus, tmp_path):
     """`preprocess.frame_dtype: float32` (exact preprocessing): clips cross the stages as float32 beside
     the broken video's failure row, and the features are the direct computation's."""
     out = str(tmp_path / "features")
-    config = tiny_config.replace(run={"address": ray_head["address"]}, preprocess={"frame_dtype": "float32"})
+    config = head_config.replace(preprocess={"frame_dtype": "float32"})
     summary = run_extract(corpus["dir"], out, config, progress=False)
     assert (summary.ok, summary.failed) == (len(corpus["good"]), 1)
     clips = read_table(out, "clips").to_pylist()
@@ -121,9 +121,9 @@ def test_float32_frames_travel_through_ray_next_to_failure_rows(ray_head, corpus
         np.testing.assert_allclose(row["embedding"], emb, atol=1e-5)
 
 
-def test_rerun_does_nothing_and_grown_manifest_does_only_new_videos(ray_head, corpus, tiny_config, tmp_path):
+def test_rerun_does_nothing_and_grown_manifest_does_only_new_videos(head_config, corpus, tmp_path):
     out = str(tmp_path / "features")
-    config = tiny_config.replace(run={"address": ray_head["address"]})
+    config = head_config
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("video_id,uri\n" + "".join(f"{v},{corpus['dir']}/{v}\n" for v in corpus["good"][:2]))
     first = run_extract(str(manifest), out, config, progress=False)
@@ -138,13 +138,13 @@ def test_rerun_does_nothing_and_grown_manifest_does_only_new_videos(ray_head, co
     assert verify(out)["ok"]
 
 
-def test_retry_failed_redoes_only_failed_videos(ray_head, corpus, tiny_config, tmp_path):
+def test_retry_failed_redoes_only_failed_videos(head_config, corpus, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
     os.symlink(os.path.join(corpus["dir"], "a.mp4"), videos / "a.mp4")
     (videos / "late.mp4").write_bytes(b"not yet a video")
     out = str(tmp_path / "features")
-    config = tiny_config.replace(run={"address": ray_head["address"]})
+    config = head_config
     first = run_extract(str(videos), out, config, progress=False)
     assert (first.ok, first.failed) == (1, 1)
     os.remove(videos / "late.mp4")
@@ -159,6 +159,8 @@ def test_retry_failed_redoes_only_failed_videos(ray_head, corpus, tiny_config, t
 
 def test_ray_job_submit_runs_the_job_entrypoint(ray_head, corpus, tmp_path):
     out = str(tmp_path / "features")
+    # the head answers `ray status` before its job agent (which runs submitted jobs) is up
+    assert wait_for(lambda: answers(ray_head["agent_port"]), timeout=120), "the head's job agent did not start"
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = ["ray", "job", "submit", "--address", ray_head["dashboard"], "--working-dir", repo, "--",
            "python", "-m", "jobs.extract", corpus["dir"], "--out", out, "--config", "jobs/demo.yaml", "--no-progress"]

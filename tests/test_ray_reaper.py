@@ -134,35 +134,22 @@ def test_a_driver_that_joined_a_cluster_starts_no_watcher(driver, ray_head):
 
 def test_sigkill_of_vidfeat_extract_leaves_no_process_of_the_run(tmp_path):
     """The whole command as a user runs it: `vidfeat extract` (the supervisor), its driver child and the
-    embedded Ray. SIGKILL of the command's pid: within 30 s none of them is left."""
-    from conftest import ray_env
-    from pipeline.plan.samples import write_index_video
+    embedded Ray, caught mid-run (midrun.py). SIGKILL of the command's pid: within 30 s none of them is left."""
+    from midrun import caught_mid_run
 
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(30):
-        write_index_video(str(videos / f"v{i:02d}.mp4"), num_frames=40)
-    (tmp_path / "run.yaml").write_text("run:\n  commit_every: 1\n")
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "extract", str(videos), "--out", str(out),
-                             "--preset", "tiny", "--checkpoint", "random", "--config", str(tmp_path / "run.yaml"),
-                             "--no-progress"], env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stamps = []
-    try:
-        deadline = time.monotonic() + 300
-        while not list((out / "ledger").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before its first commit"
-        stamps = [(p.pid, p.create_time()) for p in psutil.Process(proc.pid).children(recursive=True)]
-        assert len(stamps) > 5                            # the driver, Ray's services, workers
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 30
-        while any(alive(*s) for s in stamps) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = [psutil.Process(pid).name() for pid, created in stamps if alive(pid, created)]
-        assert not left, f"left 30 s after SIGKILL: {left}"
-    finally:
-        for pid, created in stamps:
-            if alive(pid, created):
-                os.kill(pid, signal.SIGKILL)
+    with caught_mid_run(tmp_path) as run:
+        try:
+            stamps = [(p.pid, p.create_time()) for p in psutil.Process(run.proc.pid).children(recursive=True)]
+            assert len(stamps) > 5                            # the driver, Ray's services, workers
+            run.proc.kill()
+            run.proc.wait()
+            deadline = time.monotonic() + 30
+            while any(alive(*s) for s in stamps) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            left = [psutil.Process(pid).name() for pid, created in stamps if alive(pid, created)]
+            assert not left, f"left 30 s after SIGKILL: {left}"
+        finally:
+            for pid, created in stamps:
+                if alive(pid, created):
+                    os.kill(pid, signal.SIGKILL)

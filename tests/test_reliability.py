@@ -65,9 +65,9 @@ def bad_corpus(tmp_path_factory):
     return str(manifest)
 
 
-def test_bad_input_catalogue_ends_in_features_or_precise_failures(ray_head, bad_corpus, tiny_config, tmp_path):
+def test_bad_input_catalogue_ends_in_features_or_precise_failures(head_config, bad_corpus, tmp_path):
     out = str(tmp_path / "features")
-    config = tiny_config.replace(run={"address": ray_head["address"]}, decode={"timeout_s": 8.0})
+    config = head_config.replace(decode={"timeout_s": 8.0})
     summary = run_extract(bad_corpus, out, config, progress=False)
     done = set(read_table(out, "videos", ["video_id"]).column("video_id").to_pylist())
     failures = {f["video_id"]: f for f in read_table(out, "failures").to_pylist()}
@@ -90,15 +90,15 @@ def reference_features(out: str) -> dict[str, np.ndarray]:
     return {r["video_id"]: np.asarray(r["embedding"]) for r in rows}
 
 
-def test_driver_killed_at_every_stage_then_rerun_gives_every_video_once(ray_head, corpus, tiny_config, tmp_path):
+def test_driver_killed_at_every_stage_then_rerun_gives_every_video_once(ray_head, head_config, corpus, tmp_path):
     """SIGKILL during decode/inference, then between a part's data and its ledger record; then a clean
     rerun. Every video exactly once, features equal to an uninterrupted run."""
     clean = str(tmp_path / "clean")
-    config = tiny_config.replace(run={"address": ray_head["address"], "commit_every": 1})
+    config = head_config.replace(run={"commit_every": 1})
     run_extract(corpus["dir"], clean, config, progress=False)
     out = str(tmp_path / "killed")
     args = ["extract", corpus["dir"], "--out", out, "--preset", "tiny", "--checkpoint", "random",
-            "--address", ray_head["address"], "--no-progress"]
+            "--address", ray_head["address"], "--num-actors", "1", "--no-progress"]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("run: {commit_every: 1}\n")
     for point in ("driver.result@2", "commit.data@1"):
@@ -123,7 +123,7 @@ def test_inference_actor_death_is_retried(ray_head, corpus, tiny_config, tmp_pat
     marker = tmp_path / "died"
     out = str(tmp_path / "features")
     done = run_cli("extract", corpus["dir"], "--out", out, "--preset", "tiny", "--checkpoint", "random",
-                   "--address", ray_head["address"], "--no-progress",
+                   "--address", ray_head["address"], "--num-actors", "1", "--no-progress",
                    env_extra={"VIDFEAT_FAILPOINTS": "actor.batch", "VIDFEAT_FAILPOINT_ONCE": str(marker)})
     assert marker.exists(), "the actor never died: the failpoint did not reach it"
     assert done.returncode == 1, done.stderr[-3000:]
@@ -209,7 +209,7 @@ def test_s3_in_and_out_with_resume_and_a_crash_between_data_and_ledger(s3, ray_h
         fs.put_file(os.path.join(corpus["dir"], name), f"{bucket}/videos/{name}")
     source, out = f"s3://{bucket}/videos", f"s3://{bucket}/features"
     args = ["extract", source, "--out", out, "--preset", "tiny", "--checkpoint", "random", "--no-progress",
-            "--address", ray_head["address"]]
+            "--address", ray_head["address"], "--num-actors", "1"]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("run: {commit_every: 1}\n")
     killed = run_cli(*args, "--config", str(cfg), env_extra={**s3["env"], "VIDFEAT_FAILPOINTS": "commit.data@1"},
