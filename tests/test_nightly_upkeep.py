@@ -9,9 +9,10 @@ import pyarrow as pa
 from pipeline.run import results
 from pipeline.run.collector import VideoCollector
 from pipeline.run.listener import RunListener
-from pipeline.run.runner import PartWriter, RunSummary, _take
+from pipeline.run.runner import PartWriter, RunSummary, _take, run_extract
 from pipeline.store.ledger import Ledger
 
+from test_compact import assert_same, build_output, snapshot
 from test_reliability import PROV
 
 
@@ -40,3 +41,18 @@ def test_a_part_holds_at_most_commit_every_videos_however_many_a_block_finishes(
     sizes = [len(r["done"]) + len(r["failed"]) for r in map(ledger._read_record, ledger._json_files("ledger"))]
     assert sizes == [2, 2, 2, 1]                                  # failures count: a part is what a kill redoes
     assert state.done == set(ids) - {"v3"} and state.failures.num_rows == 1
+
+
+def test_a_run_with_nothing_to_extract_compacts_what_an_earlier_run_could_not(tmp_path, tiny_config):
+    """An earlier run's compaction failed (a full disk at its end: its staged files removed), leaving
+    small parts; the next run, whose videos are all done, compacts them, as its log line promised."""
+    out = str(tmp_path / "out")
+    build_output(out, parts=6)
+    ids = sorted(Ledger(out).load().done)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("video_id,uri\n" + "".join(f"{v},/{v}.mp4\n" for v in ids))
+    before = snapshot(out)
+    summary = run_extract(str(manifest), out, tiny_config.replace(run={"compact_target_mb": 1}), progress=False)
+    assert summary.skipped == len(ids) and summary.ok == 0 and summary.upkeep_error is None
+    assert len(Ledger(out).load().segments) == 1                   # compacted: six parts were one group
+    assert_same(before, snapshot(out))
