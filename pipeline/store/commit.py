@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 
 import pipeline
@@ -12,6 +11,7 @@ import schemas
 from pipeline.store import segments
 from pipeline.config import Config
 from pipeline.faults import failpoint
+from pipeline.scratch import scratch
 from pipeline.store.ledger import FOLD_EVERY, Ledger
 from pipeline.store import hdf5 as hdf5_sink
 from pipeline.store import parquet as parquet_sink
@@ -108,7 +108,7 @@ def write_part(ledger: Ledger, part: str, videos: list[dict], clips: dict[str, l
             "clips": lambda path: parquet_sink.write_clips(all_clips, dim, classes, path),
             "hdf5": lambda path: hdf5_sink.write_part(videos, clips, dim, classes, provenance, path)})
     written = 0
-    with tempfile.TemporaryDirectory(prefix="vidfeat-part-") as tmp:
+    with scratch("part") as tmp:
         for sub, write in writers.items():
             local = os.path.join(tmp, f"{sub}-{segments.file_name(part, sub)}")
             write(local)
