@@ -85,7 +85,7 @@ class RunConfig:
                                        # {"decode": 1} to decode only on nodes that declare them (cluster.yaml)
     videos_per_task: int = 0           # videos one decode task takes in steady state; 0 = picked from the
                                        # corpus size (at most ~4,100 tasks; see feed.py)
-    commit_every: int = 64             # videos per committed part
+    commit_every: int = 64             # videos (and failures) per committed part, at most: what a kill redoes
     drain_s: float = 60.0              # on SIGTERM / SIGINT, seconds the clips in flight may take to finish
     metrics_port: int = 0              # an embedded run serves Ray's Prometheus metrics on 127.0.0.1:PORT
                                        # (0: not served; a cluster's nodes serve their own, metrics.py)

@@ -8,8 +8,13 @@ only while PATH does not exist (it is created just before dying), so a restarted
 `VIDFEAT_PAUSEPOINTS` (same syntax) with `VIDFEAT_PAUSE_DIR=DIR` makes the n-th hit of a point *pause*
 instead (a test's hold on a phase, to land a signal inside it): it creates `DIR/<name>.paused`, then
 waits until `DIR/<name>.go` exists (at most PAUSE_S); signals are taken meanwhile, as anywhere else.
+With `VIDFEAT_PAUSE_BARRIER=FILE` it waits instead for a shared lock on FILE, which the test holds
+exclusively: releasing it wakes every process held there at the same instant (two writers started
+together).
 
-Points: claim.epoch (a writer claimed its epoch, the state is not yet published), ray.started (the run
+Points: lease.published (a writer published its lease, has not looked at the others'), claim.create (it
+is about to create the output's next claim), claim.epoch (a writer claimed its epoch, the state is not
+yet published), ray.started (the run
 joined or started Ray, nothing is streamed yet), driver.result (a result row reached the driver: decode
 and inference under way), commit.data (a part's data files are published, its ledger record is not),
 commit.ledger (both are), fold.index (a fold published the new index, the records are not archived),
@@ -69,6 +74,12 @@ def _pause(name: str) -> None:
         return
     folder = os.environ["VIDFEAT_PAUSE_DIR"]
     open(os.path.join(folder, f"{name}.paused"), "w").close()
+    if "VIDFEAT_PAUSE_BARRIER" in os.environ:
+        import fcntl
+
+        with open(os.environ["VIDFEAT_PAUSE_BARRIER"], "a") as barrier:
+            fcntl.flock(barrier, fcntl.LOCK_SH)             # blocks until the test lets go of its lock
+        return
     deadline = time.monotonic() + PAUSE_S
     while not os.path.exists(os.path.join(folder, f"{name}.go")) and time.monotonic() < deadline:
         time.sleep(0.05)

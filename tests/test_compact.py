@@ -229,7 +229,9 @@ def test_a_group_written_with_another_schema_is_left_as_it_is(output):
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lease(output):
-    with WriterLease(Ledger(output)):                        # this process: alive, heartbeat fresh
+    ledger = Ledger(output)
+    with WriterLease(ledger) as lease:                       # this process: alive, heartbeat fresh,
+        ledger.claim(lease)                                  # and the newest claim is its own
         refused = run_cli("compact", output)
     assert refused.returncode == 2, refused.stderr
     assert "is being written by another run or compaction" in refused.stderr and str(os.getpid()) in refused.stderr

@@ -253,6 +253,9 @@ class NoLease:
     def check(self) -> None:
         return None
 
+    def refuse_if_writing(self, holder) -> None:        # the claims' holders name no lease here
+        return None
+
 
 # ====================================================================== videos and writers
 

@@ -28,6 +28,7 @@ import threading
 import uuid
 from typing import Callable, Iterator
 
+from pipeline import scratch
 from pipeline.decode import ranged
 from pipeline.decode.ranged import Progress
 from pipeline.errors import DecodeError
@@ -165,27 +166,9 @@ def _check_room(directory: str, size: int | None, video: str) -> None:
 def sweep() -> None:
     """Remove spool directories of processes that are gone (once per process)."""
     global _swept
-    if _swept:
-        return
-    _swept = True
-    try:
-        entries = os.listdir(spool_root())
-    except FileNotFoundError:
-        return
-    for name in entries:
-        pid = name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(os.path.join(spool_root(), name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    if not _swept:
+        _swept = True
+        scratch.sweep(spool_root())
 
 
 def http_options(uri: str) -> dict:

@@ -99,11 +99,13 @@ def run_extract(source: str, out: str, config: Config, *, listener: RunListener 
     ledger, stop = Ledger(out), GracefulStop(config.run.drain_s, listener.stopping)
     with stop.handling(), WriterLease(ledger) as lease:        # a signal, in any phase: a graceful stop (drain.py)
         todo = _todo(ledger, lease, corpus, config, fingerprint, summary)
-        if len(todo) and stop.signal is None:
+        streams = len(todo) > 0 and stop.signal is None
+        if streams:
             pin = (fingerprint, config.feature_fields())
             writer = PartWriter(ledger, summary, provenance(config, sha, fingerprint, summary.run_id),
                                 commit_every=config.run.commit_every, started=started, pin=pin)
             _stream_until_stopped(todo, config, writer, summary, listener, stop)
+        if streams or stop.signal is None:          # nothing to extract: the upkeep an earlier run failed
             _finish(ledger, config, summary, stop)
         failpoint("run.record")
         summary.interrupted, summary.wall_s = stop.name, time.time() - started

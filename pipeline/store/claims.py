@@ -1,7 +1,9 @@
 """Writer epochs: who claimed the output when, what each claimant accepted, and which records count.
 
 Every writer (a run, a compaction) starts by claiming the next epoch: it creates `ledger/claims/<E>.json`
-exclusively (the fence: from this instant an older writer's checks fail), then loads the state, then
+exclusively (the fence: from this instant an older writer's checks fail) — unless the writer named by
+claim E-1 is still writing (its lease alive: it refuses), and the create decides between two writers
+that start together (the loser refuses, naming the winner; lease.py) — then loads the state, then
 publishes `ledger/claims/<E>-accepted.json`, the names of the pending records it found and kept, then
 its first index, then folds, and only then deletes anything. Every record carries its writer's epoch.
 
@@ -20,6 +22,7 @@ import time
 from pipeline import storage
 from pipeline.store import nfs, records
 from pipeline.errors import DamagedOutputError, LeaseLostError
+from pipeline.faults import failpoint
 from pipeline.store.publish import publish_bytes
 
 ACCEPTED = "-accepted"
@@ -75,15 +78,33 @@ class Claims:
 
 
 def claim(ledger, epoch: int, lease=None) -> None:
-    """Create claim `epoch` exclusively; LeaseLostError when another writer made it first."""
+    """Create claim `epoch` exclusively, the create deciding between writers that start together: with a
+    `lease` (lease.py), refuse (ConfigError, naming it) when the writer of claim `epoch - 1` is still
+    writing, or when another writer created claim `epoch` first; without one, LeaseLostError then."""
     if storage.is_local(ledger.fs):
         nfs.warn_if_inexact(ledger.root)             # an NFS mount's cached listings blur the fence
+    if lease is not None:
+        lease.refuse_if_writing(holder(ledger, epoch - 1))
+    failpoint("claim.create")
     body = {"epoch": epoch, "claimed_at": time.time(), "lease": getattr(lease, "me", None)}
     try:
         publish_bytes(json.dumps(body).encode(), ledger.url("ledger", "claims", records.claim_name(epoch)),
                       exclusive=True)
     except FileExistsError:
+        winner = holder(ledger, epoch)
+        if lease is not None and winner:
+            raise lease.refusal(winner, ", which claimed it at the same instant as this one") from None
         raise LeaseLostError(f"{ledger.out}: another writer started at the same moment (epoch {epoch})") from None
+
+
+def holder(ledger, epoch: int) -> dict | None:
+    """The lease named by claim `epoch` (its writer); None when there is no such claim or it names none."""
+    try:
+        body = json.loads(ledger.fs.cat_file(ledger.path("ledger", "claims", records.claim_name(epoch))))
+    except (FileNotFoundError, ValueError):
+        return None
+    lease = body.get("lease") if isinstance(body, dict) else None
+    return lease if isinstance(lease, dict) and "id" in lease else None
 
 
 def accept(ledger, epoch: int, names) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 
 import pipeline
@@ -12,6 +11,7 @@ import schemas
 from pipeline.store import segments
 from pipeline.config import Config
 from pipeline.faults import failpoint
+from pipeline.scratch import scratch
 from pipeline.store.ledger import FOLD_EVERY, Ledger
 from pipeline.store import hdf5 as hdf5_sink
 from pipeline.store import parquet as parquet_sink
@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 class PartWriter:
     """Buffers finished videos and failures; `commit()` writes one part: data files, then the ledger
-    record. Every FOLD_EVERY commits the ledger's records are folded into its index."""
+    record. A part holds at most `commit_every` of them (videos and failures): `add` commits as soon as
+    the buffer holds that many, however many one result block finished. `maybe_commit` also commits a
+    buffer older than `commit_interval_s`. Every FOLD_EVERY commits the ledger's records are folded."""
 
     def __init__(self, ledger: Ledger, summary, provenance: dict, commit_every: int = 64,
                  commit_interval_s: float = 300.0, started: float | None = None, pin: tuple | None = None):
@@ -47,15 +49,20 @@ class PartWriter:
             self.videos.append({**video, **self.provenance})
             self.clips[video["video_id"]] = event["clips"]
             s.ok, s.clips, s.video_hours = s.ok + 1, s.clips + video["num_clips"], s.video_hours + video["duration_s"] / 3600
+        if self._pending() >= self.commit_every:
+            self.commit()
 
     def maybe_commit(self) -> None:
-        pending = len(self.videos) + len(self.failures)
-        if pending >= self.commit_every or (pending and time.time() - self.last_commit > self.commit_interval_s):
+        """Commit what is buffered when it has waited longer than `commit_interval_s`."""
+        if self._pending() and time.time() - self.last_commit > self.commit_interval_s:
             self.commit()
+
+    def _pending(self) -> int:
+        return len(self.videos) + len(self.failures)
 
     def commit(self) -> None:
         """Write the buffered videos and failures as one part: data files, then the ledger record."""
-        if not self.videos and not self.failures:
+        if not self._pending():
             return
         start = time.perf_counter()
         part = f"part-{self.provenance['run_id']}-{self.seq:05d}"
@@ -101,7 +108,7 @@ def write_part(ledger: Ledger, part: str, videos: list[dict], clips: dict[str, l
             "clips": lambda path: parquet_sink.write_clips(all_clips, dim, classes, path),
             "hdf5": lambda path: hdf5_sink.write_part(videos, clips, dim, classes, provenance, path)})
     written = 0
-    with tempfile.TemporaryDirectory(prefix="vidfeat-part-") as tmp:
+    with scratch("part") as tmp:
         for sub, write in writers.items():
             local = os.path.join(tmp, f"{sub}-{segments.file_name(part, sub)}")
             write(local)

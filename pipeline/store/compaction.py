@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ import pyarrow.parquet as pq
 from pipeline.store import segments
 from pipeline.errors import DamagedOutputError
 from pipeline.faults import failpoint
+from pipeline.scratch import scratch
 from pipeline.store.lease import WriterLease
 from pipeline.store.ledger import Ledger
 from pipeline.store.ledger_state import LedgerState
@@ -199,7 +199,7 @@ def _stage(ledger: Ledger, files: Listing, group: list[str], name: str, drop: fr
     When it does not return (Abandoned: `stop()` turned true; an error; a signal) nothing it staged is left."""
     written, published = {}, []
     try:
-        with tempfile.TemporaryDirectory(prefix="vidfeat-compact-") as tmp:
+        with scratch("compact") as tmp:
             for sub in DATA_DIRS:
                 members = files.members(sub, group)
                 if members:

@@ -1,8 +1,11 @@
 """One writer per output directory: the lease a run or a compaction holds while it writes.
 
-A writer publishes `OUT/.writers/<id>.json` ({id, host, pid, started, heartbeat}), then lists
-`.writers/`: if any other lease there is alive, it withdraws its own and refuses, naming the holder.
-(Two writers starting at the same moment may both withdraw; they can never both go on.) A daemon thread
+A writer publishes `OUT/.writers/<id>.json` ({id, host, pid, started, heartbeat}), removes the leases of
+writers that are gone, then claims the output's next epoch (claims.py), and the claim decides: a writer
+refuses, naming the holder, when the writer of the newest claim is another one whose lease is alive; two
+writers that start at the same instant both try to create the same next claim exclusively, and the one
+whose create fails refuses, naming the one whose create succeeded. Exactly one of them goes on. (Each
+refusing on seeing the other's lease, as this module once did, let both refuse.) A daemon thread
 refreshes the heartbeat every HEARTBEAT_S seconds; the lease is deleted when the writer ends.
 
 A lease is alive when its heartbeat is younger than STALE_S seconds — except that a lease taken on
@@ -34,6 +37,7 @@ import uuid
 
 from pipeline import storage
 from pipeline.errors import ConfigError, LeaseLostError
+from pipeline.faults import failpoint
 from pipeline.store.publish import publish_bytes
 
 log = logging.getLogger(__name__)
@@ -61,15 +65,10 @@ class WriterLease:
             return self
         self.ledger.check_reachable()
         self._publish()
-        others = [lease for lease in self._leases() if lease["id"] != self.me["id"]]
-        for dead in [lease for lease in others if not alive(lease)]:
+        failpoint("lease.published")
+        for dead in [lease for lease in self._leases() if lease["id"] != self.me["id"] and not alive(lease)]:
             log.info("removing the writer lease of a writer that is gone (%s)", describe(dead))
             self._delete(dead["id"])
-        others = [lease for lease in others if alive(lease)]
-        if others:
-            self._delete()
-            raise ConfigError(f"{self.ledger.out} is being written by another run or compaction ({describe(others[0])});"
-                              f" wait for it to end. If it is gone, delete {self._url(others[0]['id'])}")
         _held[self.ledger.out] = self
         threading.Thread(target=self._beat, name="vidfeat-lease", daemon=True).start()
         return self
@@ -88,6 +87,21 @@ class WriterLease:
         except Exception as error:                  # noqa: BLE001 - must not hide why the writer is ending
             log.warning("could not remove the writer lease %s (%s: %s); it goes stale in %.0f s",
                         self._url(self.me["id"]), type(error).__name__, error, STALE_S)
+
+    def refuse_if_writing(self, holder: dict | None) -> None:
+        """Refuse (ConfigError) when `holder`, the lease named by the output's newest claim, is another
+        writer's and alive: that writer is writing the output."""
+        if holder and holder.get("id") != self.me["id"]:
+            current = self._lease(holder["id"])
+            if current is not None and alive(current):
+                raise self.refusal(current)
+
+    def refusal(self, holder: dict, how: str = "") -> ConfigError:
+        """The refusal of a writer that lets `holder` (a lease) write the output: who, and what to do."""
+        current = self._lease(holder["id"]) or holder
+        return ConfigError(f"{self.ledger.out} is being written by another run or compaction{how} "
+                           f"({describe(current)}); wait for it to end, then run again. If it is gone, delete "
+                           f"{self._url(holder['id'])}")
 
     def check(self) -> None:
         """Raise LeaseLostError when this lease is lost (another writer removed it); an outage alone never
@@ -125,16 +139,20 @@ class WriterLease:
         except FileNotFoundError:
             pass
 
+    def _lease(self, lease_id: str) -> dict | None:
+        """The lease `lease_id` as published now; None when it is gone."""
+        return self._read(self.ledger.path(".writers", f"{lease_id}.json"))
+
     def _leases(self) -> list[dict]:
-        leases = []
-        for path in self.ledger.ls(".writers"):
-            if not path.endswith(".json") or path.rsplit("/", 1)[-1].startswith("."):
-                continue
-            try:
-                leases.append(json.loads(self.ledger.fs.cat_file(path)))
-            except (FileNotFoundError, ValueError):     # withdrawn meanwhile, or a temporary
-                continue
-        return leases
+        paths = [p for p in self.ledger.ls(".writers")
+                 if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
+        return [lease for lease in map(self._read, paths) if lease is not None]
+
+    def _read(self, path: str) -> dict | None:
+        try:
+            return json.loads(self.ledger.fs.cat_file(path))
+        except (FileNotFoundError, ValueError):         # withdrawn meanwhile, or a temporary
+            return None
 
     def _url(self, lease_id: str) -> str:
         return self.ledger.url(".writers", f"{lease_id}.json")
@@ -172,6 +190,5 @@ def _namespace() -> dict:
 
 
 def describe(lease: dict) -> str:
-    age = time.time() - float(lease.get("heartbeat", 0))
-    return f"pid {lease.get('pid')} on {lease.get('host')}, started {time.ctime(float(lease.get('started', 0)))}, " \
-           f"last heartbeat {age:.0f} s ago"
+    beat = f", last heartbeat {time.time() - float(lease['heartbeat']):.0f} s ago" if "heartbeat" in lease else ""
+    return f"pid {lease.get('pid')} on {lease.get('host')}, started {time.ctime(float(lease.get('started', 0)))}{beat}"

@@ -17,10 +17,11 @@ where it can tell (see docs/ARCHITECTURE.md, "What is guaranteed on which store"
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
 import uuid
+from typing import Iterator
 
 from fsspec.callbacks import Callback
 from fsspec.core import url_to_fs
@@ -51,14 +52,8 @@ def publish_file(local_path: str, url: str) -> None:
     """Move/upload `local_path` to `url` atomically (see module doc). `local_path` is consumed."""
     fs, path = url_to_fs(url)
     if isinstance(fs, LocalFileSystem):
-        directory, name = os.path.split(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
-        shutil.move(local_path, tmp)
-        with open(tmp, "rb") as fh:
-            os.fchmod(fh.fileno(), file_mode())
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with _temporary(path, lambda tmp: shutil.move(local_path, tmp)) as tmp:
+            os.replace(tmp, path)
     else:
         guarded(fs).put_file(local_path, path, callback=_UploadProgress())
         os.remove(local_path)
@@ -67,39 +62,61 @@ def publish_file(local_path: str, url: str) -> None:
 def publish_bytes(data: bytes, url: str, exclusive: bool = False) -> None:
     """Publish `data` as the whole content of `url`; with `exclusive`, raise FileExistsError (and change
     nothing) when `url` exists already."""
-    if exclusive:
-        _publish_exclusive(data, url)
-        return
-    fd, tmp = tempfile.mkstemp(prefix="vidfeat-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    publish_file(tmp, url)
-
-
-def _publish_exclusive(data: bytes, url: str) -> None:
     fs, path = url_to_fs(url)
     if not isinstance(fs, LocalFileSystem):
-        fs = guarded(fs)
-        try:
-            fs.pipe_file(path, data, mode="create")
-        except FileExistsError:
-            if fs.cat_file(path) != data:           # not our own first try, whose answer was lost
-                raise
+        _pipe(guarded(fs), path, data, exclusive)
         return
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        os.fchmod(fh.fileno(), file_mode())
-        os.fsync(fh.fileno())
+    with _temporary(path, lambda tmp: _write(tmp, data)) as tmp:
+        if not exclusive:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)                  # atomic, and fails if `path` exists: never overwrites
+        except FileExistsError:
+            if not _holds(path, data):          # not our own link (an NFSv3 LINK retransmitted after a
+                raise                           # lost reply answers EEXIST for the link it just made)
+
+
+def _pipe(fs, path: str, data: bytes, exclusive: bool) -> None:
+    """One upload of `data` to `path` on an object store (exclusive: a conditional create)."""
+    if not exclusive:
+        fs.pipe_file(path, data)
+        return
     try:
-        os.link(tmp, path)                      # atomic, and fails if `path` exists: never overwrites
+        fs.pipe_file(path, data, mode="create")
     except FileExistsError:
-        if not _holds(path, data):              # not our own link (an NFSv3 LINK retransmitted after a
-            raise                               # lost reply answers EEXIST for the link it just made)
+        if fs.cat_file(path) != data:           # not our own first try, whose answer was lost
+            raise
+
+
+@contextlib.contextmanager
+def _temporary(path: str, fill) -> Iterator[str]:
+    """A hidden temporary next to local `path` (`.tmp-<name>-<random>`), filled by `fill(tmp)`, made
+    durable with the published mode; removed on the way out whatever happens (a full disk, an error), so
+    only a killed process leaves one (a writer's start sweeps those: sweep.py). An OSError that names no
+    file (ENOSPC from a write) is made to name `path`, for the one line a command ends with."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fill(tmp)
+        with open(tmp, "rb") as fh:
+            os.fchmod(fh.fileno(), file_mode())
+            os.fsync(fh.fileno())
+        failpoint("publish.staged")
+        yield tmp
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = path
+        raise
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
 
 
 def _holds(path: str, data: bytes) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from pipeline.store.sweep import sweep
+
 log = logging.getLogger(__name__)
 
 EXT = {"videos": "parquet", "clips": "parquet", "hdf5": "h5", "failures": "parquet"}
@@ -73,7 +75,8 @@ def live_files(ledger, sub: str, state=None) -> list[str]:
 
 def collect_garbage(ledger, state) -> list[str]:
     """Delete files of segments that are not live (uncommitted, or replaced by a compaction) and
-    temporaries; publish staged files of live segments (a compaction killed before it did). Writers
+    temporaries, and what dead writers staged elsewhere (sweep.py); publish staged files of live segments
+    (a compaction killed before it did). Writers
     only, after their claim: what was listed is deleted only once the fence holds (records.py), so no
     file a later writer published can be among them. Returns the deleted paths."""
     listed = {sub: ledger.ls(sub) for sub in DATA_DIRS}
@@ -89,7 +92,7 @@ def collect_garbage(ledger, state) -> list[str]:
                 ledger.fs.mv(path, ledger.path(sub, file_name(segment, sub)))
     if removed:
         log.warning("removed %d file(s) of uncommitted or replaced parts", len(removed))
-    return removed
+    return removed + sweep(ledger)
 
 
 def _name(path: str) -> str:
