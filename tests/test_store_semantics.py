@@ -227,3 +227,36 @@ def globbed_ids(fs, folder: str) -> list[str]:
             ids += pq.read_table(fh, columns=["video_id"]).column("video_id").to_pylist()
     return ids
 
+
+# --- h5py and fsspec's event loop ---------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_reading_remote_hdf5_never_calls_fsspec_under_h5pys_lock(s3, monkeypatch):
+    """Garbage collection on fsspec's event-loop thread may free an h5py object, which takes h5py's global
+    lock: while h5py holds that lock to read through a file object of fsspec's, the two wait for each
+    other for ever. Here every S3 request first collects h5py garbage on the loop, so a reader that lets
+    h5py read through fsspec hangs (and this test times out)."""
+    import gc
+
+    import h5py
+    import s3fs
+
+    from pipeline.read.features import load_clips, load_videos
+    from pipeline.read.verify import verify
+
+    out = f"s3://{s3['bucket']}/h5-{time.time_ns()}"
+    writer = Ledger(out)
+    writer.claim()
+    commit(writer, "part-r-00000", ["a", "b"])
+    real_call = s3fs.S3FileSystem._call_s3
+
+    async def collect_h5py_garbage_first(self, *args, **kwargs):
+        cycle = [h5py.h5t.py_create("f4")]                 # an h5py object in a reference cycle
+        cycle.append(cycle)
+        del cycle
+        gc.collect(0)                                      # freeing it takes h5py's lock, on the loop
+        return await real_call(self, *args, **kwargs)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", collect_h5py_garbage_first)
+    assert load_videos(out, source="hdf5").ids == ["a", "b"]
+    assert load_clips(out, source="hdf5", fields=("embedding",)).embedding.shape == (2, 8)
+    assert verify(out)["ok"]
