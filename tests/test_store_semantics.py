@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from fsspec.core import url_to_fs
 
 from pipeline import attempt
 from pipeline.storage import Guarded, StorageError
@@ -187,23 +188,21 @@ def test_a_slow_upload_that_keeps_moving_is_never_cut_nor_run_twice(tmp_path, mo
 def test_an_upload_landing_after_compaction_deleted_its_file_is_harmless(s3, monkeypatch):
     """A part's upload is abandoned at its deadline and retried; the part is committed, then compacted away;
     then the abandoned upload lands. A glob over the data folders still sees every video once."""
-    import s3fs
-
     monkeypatch.setenv("VIDFEAT_STORAGE_DEADLINE_S", "1")
     out = f"s3://{s3['bucket']}/late-{time.time_ns()}"
-    held, landed, real_put = threading.Event(), threading.Event(), s3fs.S3FileSystem.put_file
+    fs = url_to_fs(out)[0]                                 # the s3fs instance publishing uses (cached)
+    held, landed, release, real_put = threading.Event(), threading.Event(), threading.Event(), fs.put_file
 
-    def first_upload_delayed(self, local, path, **kwargs):
-        if "part-r-00000.parquet" in path and "/videos/" in path and not landed.is_set() and not held.is_set():
+    def first_upload_delayed(local, path, **kwargs):
+        if "part-r-00000.parquet" in path and "/videos/" in path and not held.is_set():
             held.set()
             data = open(local, "rb").read()                # the local file goes once the retry is done
             release.wait()
-            self.pipe_file(path, data)                     # lands now, where this try was sending it
+            fs.pipe_file(path, data)                       # lands now, where this try was sending it
             landed.set()
             return None
-        return real_put(self, local, path, **kwargs)
-    release = threading.Event()
-    monkeypatch.setattr(s3fs.S3FileSystem, "put_file", first_upload_delayed)
+        return real_put(local, path, **kwargs)
+    monkeypatch.setattr(fs, "put_file", first_upload_delayed)
     writer = Ledger(out)
     writer.claim()
     commit(writer, "part-r-00000", ["a", "b"])
@@ -213,7 +212,7 @@ def test_an_upload_landing_after_compaction_deleted_its_file_is_harmless(s3, mon
     release.set()
     assert landed.wait(60)
     for sub in ("videos", "clips"):
-        assert sorted(globbed_ids(writer.fs.fs, writer.path(sub))) == ["a", "b", "c"], sub
+        assert sorted(globbed_ids(fs, writer.path(sub))) == ["a", "b", "c"], sub
     assert Ledger(out).load().done == {"a", "b", "c"}
 
 
