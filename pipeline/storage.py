@@ -6,11 +6,11 @@ a 5xx. Every call the ledger, the lease, publishing and the readers make goes th
 proxy over an fsspec file system (`open` for reading included: every read of a remote file is one such
 call). Each try runs under a deadline (`VIDFEAT_STORAGE_DEADLINE_S`, default 60 s, plus 1 s per 4 MiB
 moved); an upload or download is judged by progress instead: cut only when no byte has moved for that
-long (attempt.py), so a slow link never runs two copies of a transfer at once. A try that fails in a way that may pass (a timeout, a connection error, a throttling or server
-error) is tried again after a capped exponential backoff with jitter (0.5 s, 1 s, 2 s, … up to 30 s,
-each between half and all of that), for as long as the patience lasts (`VIDFEAT_STORAGE_PATIENCE_S`,
-default 600 s). The first failure of a call logs one warning; a call that gets through after failing
-logs when. Past the patience the call raises `StorageError` (an OSError: exit 74), one line naming the
+long (attempt.py), so a slow link never runs two copies of a transfer at once. A try that fails in a
+way that may pass (a timeout, a connection error, a throttling or server error) is tried again after a
+capped exponential backoff with jitter (0.5 s, 1 s, 2 s, … up to 30 s, each between half and all of
+that), for as long as the patience lasts (`VIDFEAT_STORAGE_PATIENCE_S`, default 600 s). The first
+failure of a call logs one warning; a call that gets through after failing logs when. Past the patience the call raises `StorageError` (an OSError: exit 74), one line naming the
 operation, the path, how long it waited and the last error. Answers that are final — not found,
 exists already, permission denied — are raised at once, as they are; other errors that cannot pass
 (a bad request) at once as StorageError.
