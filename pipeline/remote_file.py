@@ -3,12 +3,46 @@
 Each read is a positioned read run by `guard(fn, *args, what=..., size=...)` — in storage.py, a call under
 a deadline, retried through an outage for the patience — so a reader that meets an outage mid-file waits
 like any other call instead of failing on its first error.
+
+A file that a library reads under a lock of its own is fetched whole first (`local_copy`): h5py holds
+its global lock while it reads through a Python file object, and a read through fsspec runs on fsspec's
+event-loop thread, where garbage collection may free an h5py object, which takes that lock: the two wait
+for each other for ever. h5py therefore opens only local files, never a file read through fsspec.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import tempfile
 import threading
-from typing import Callable
+from typing import Callable, Iterator
+
+
+def local_copy(fs, path: str) -> str:
+    """`path` of the store `fs` (storage.Guarded: a download judged by progress) fetched whole into a new
+    local temporary file; its path, which the caller removes."""
+    fd, local = tempfile.mkstemp(prefix="vidfeat-remote-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        fs.get_file(path, local)
+    except BaseException:
+        os.remove(local)
+        raise
+    return local
+
+
+@contextlib.contextmanager
+def readable_path(fs, path: str, local: bool) -> Iterator[str]:
+    """A local path holding `path`'s bytes: `path` itself when `local`, else a `local_copy` removed after."""
+    if local:
+        yield path
+        return
+    copy = local_copy(fs, path)
+    try:
+        yield copy
+    finally:
+        os.remove(copy)
 
 
 class Reader(io.RawIOBase):

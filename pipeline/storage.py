@@ -5,11 +5,12 @@ answered (s3fs's read timeout does not end an upload), a refused endpoint for mi
 a 5xx. Every call the ledger, the lease, publishing and the readers make goes through `Guarded`, a thin
 proxy over an fsspec file system (`open` for reading included: every read of a remote file is one such
 call). Each try runs under a deadline (`VIDFEAT_STORAGE_DEADLINE_S`, default 60 s, plus 1 s per 4 MiB
-moved). A try that fails in a way that may pass (a timeout, a connection error, a throttling or server
-error) is tried again after a capped exponential backoff with jitter (0.5 s, 1 s, 2 s, … up to 30 s,
-each between half and all of that), for as long as the patience lasts (`VIDFEAT_STORAGE_PATIENCE_S`,
-default 600 s). The first failure of a call logs one warning; a call that gets through after failing
-logs when. Past the patience the call raises `StorageError` (an OSError: exit 74), one line naming the
+moved); an upload or download is judged by progress instead: cut only when no byte has moved for that
+long (attempt.py), so a slow link never runs two copies of a transfer at once. A try that fails in a
+way that may pass (a timeout, a connection error, a throttling or server error) is tried again after a
+capped exponential backoff with jitter (0.5 s, 1 s, 2 s, … up to 30 s, each between half and all of
+that), for as long as the patience lasts (`VIDFEAT_STORAGE_PATIENCE_S`, default 600 s). The first
+failure of a call logs one warning; a call that gets through after failing logs when. Past the patience the call raises `StorageError` (an OSError: exit 74), one line naming the
 operation, the path, how long it waited and the last error. Answers that are final — not found,
 exists already, permission denied — are raised at once, as they are; other errors that cannot pass
 (a bad request) at once as StorageError.
@@ -25,9 +26,11 @@ withdrawal), so it ends at most patience + one deadline after the outage met it.
 nothing fails: one clock reading per call.
 
 A try that overruns its deadline is abandoned in its daemon thread (Python cannot interrupt it); the
-process goes on, and `vidfeat` leaves with os._exit, so a stuck thread never holds up the exit. A retry
-of an operation whose abandoned try may succeed later is made safe by the callers (a removal that finds
-nothing removed, an exclusive publish that finds its own bytes); a read retried opens the file again.
+process goes on, and `vidfeat` leaves with os._exit, so a stuck thread never holds up the exit. An
+abandoned try may still land later, and the callers make that harmless (attempt.py): an upload lands
+under a temporary name used once (publish.py), a lease brought back is marked released (lease.py), a
+removal finds nothing removed, an exclusive publish finds its own bytes; a read retried opens the file
+again.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ import random
 import threading
 import time
 
+from fsspec.callbacks import Callback
+
+from pipeline.attempt import DeadlineExceeded, within  # noqa: F401 - re-exported
 from pipeline.remote_file import Reader
 
 log = logging.getLogger(__name__)
@@ -55,10 +61,6 @@ MOVED_PER_S = 4 * 2**20                      # a try's deadline grows by 1 s per
 class StorageError(OSError):
     """A storage call that could not succeed: still failing when the patience was spent, or failing in a
     way that cannot pass."""
-
-
-class DeadlineExceeded(TimeoutError):
-    pass
 
 
 def deadline_s() -> float:
@@ -135,12 +137,17 @@ class Guarded:
         return Guarded, (self.fs,)
 
     def put_file(self, local: str, path: str, **kwargs):
-        extra = os.path.getsize(local) / MOVED_PER_S
-        return call(self.fs.put_file, local, path, what=f"upload to {path}", extra_s=extra, **kwargs)
+        """Upload, cut only when no byte has moved for the deadline (attempt.py)."""
+        return self._transfer(self.fs.put_file, local, path, os.path.getsize(local), f"upload to {path}", kwargs)
 
     def get_file(self, path: str, local: str, **kwargs):
-        extra = self.info(path).get("size", 0) / MOVED_PER_S
-        return call(self.fs.get_file, path, local, what=f"download of {path}", extra_s=extra, **kwargs)
+        """Download, cut only when no byte has moved for the deadline (attempt.py)."""
+        size = self.info(path).get("size") or 0
+        return self._transfer(self.fs.get_file, path, local, size, f"download of {path}", kwargs)
+
+    def _transfer(self, fn, source: str, target: str, size: int, what: str, kwargs: dict):
+        progress = kwargs.setdefault("callback", Callback())
+        return call(fn, source, target, what=what, extra_s=size / MOVED_PER_S, progress=progress, **kwargs)
 
     def exists(self, path: str, **kwargs) -> bool:
         """Whether `path` exists: a final answer (not found, not allowed) is no; a failure that may pass is
@@ -188,10 +195,10 @@ def is_local(fs) -> bool:
     return isinstance(getattr(fs, "fs", fs), LocalFileSystem)
 
 
-def call(fn, *args, what: str, extra_s: float = 0.0, **kwargs):
-    """`fn(*args, **kwargs)`, each try under a deadline, tried again while its failure may pass and the
-    patience lasts (see module doc)."""
-    return retry(lambda: within(deadline_s() + extra_s, fn, *args, **kwargs), what)
+def call(fn, *args, what: str, extra_s: float = 0.0, progress=None, **kwargs):
+    """`fn(*args, **kwargs)`, each try under a deadline (with `progress`: no byte moved for that long),
+    tried again while its failure may pass and the patience lasts (see module doc)."""
+    return retry(lambda: within(deadline_s() + extra_s, fn, *args, progress=progress, **kwargs), what)
 
 
 def retry(attempt, what: str, *, patience: float | None = None, clock=time.monotonic, sleep=time.sleep,
@@ -251,25 +258,6 @@ def _failed(exc: Exception, what: str, tries: int) -> None:
     """Raise StorageError now when `exc` cannot pass by trying again."""
     if not transient(exc):
         raise StorageError(errno.EIO, f"storage: {what} failed ({_tries(tries)}): {_named(exc)}") from exc
-
-
-def within(seconds: float, fn, *args, **kwargs):
-    """`fn(*args, **kwargs)` in a daemon thread; DeadlineExceeded if it has not returned in `seconds`."""
-    done, box = threading.Event(), {}
-
-    def run():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as exc:                               # noqa: BLE001 - handed to the caller
-            box["error"] = exc
-        done.set()
-
-    threading.Thread(target=run, name="vidfeat-storage", daemon=True).start()
-    if not done.wait(seconds):
-        raise DeadlineExceeded(f"no answer within {seconds:.3g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def transient(exc: BaseException) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from pipeline.store import lease as lease_mod
 from pipeline.store.commit import write_part
 from pipeline.errors import DamagedOutputError, LeaseLostError
 from pipeline.read.features import read_table
-from pipeline.store.lease import WriterLease, alive
+from pipeline.store.lease import WriterLease
 from pipeline.store.ledger import Ledger
 from pipeline.read.verify import verify
 
@@ -196,18 +195,6 @@ def wait(predicate, timeout: float = 10) -> bool:
     while time.monotonic() < deadline and not predicate():
         time.sleep(0.02)
     return predicate()
-
-
-def test_a_pid_is_taken_for_dead_only_in_this_pid_namespace_and_boot():
-    here = lease_mod._namespace()
-    assert here, "Linux exposes the boot id and pid namespace"
-    gone = 2 ** 22 + 12345                                        # above pid_max: no such process
-    base = {"host": socket.gethostname(), "pid": gone, "heartbeat": time.time(), "started": time.time()}
-    assert not alive({**base, **here})
-    assert alive({**base, **here, "pidns": "pid:[1]"})            # another container sharing the hostname
-    assert alive({**base})                                        # a lease that does not say: wait for it
-    assert not alive({**base, **here, "boot": "another-boot"})
-    assert not alive({**base, **here, "pidns": "pid:[1]", "heartbeat": time.time() - lease_mod.STALE_S - 1})
 
 
 def test_the_fingerprint_is_pinned_by_the_first_commit_not_before(tmp_path):

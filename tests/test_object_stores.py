@@ -14,19 +14,14 @@ Compactions run in this process (`compact()`, what `vidfeat compact` runs): on g
 emulator lacks (conftest.py, `gcsfs_on_the_emulator`); the command itself is tested on S3 in
 test_compact.py.
 
-Python's cyclic garbage collector runs here between tests and between a reader's snapshots, never during
-one (`collector_between_tests`, `read_until`): a collection that happens to run on fsspec's I/O thread
-while the reading thread is inside h5py (opening a remote HDF5 part, whose reads go through that I/O
-thread) can free an h5py object there, which then waits for h5py's lock that the reading thread holds,
-while that thread waits for the I/O thread: a deadlock, on any store (seen in ~1 of 3 runs of the reader
-test on gcsfs, none of 6 with the collector paused). It is a bug of the remote HDF5 reader, not of a
-store; these tests pause the collector so that they test the stores.
+The cyclic garbage collector runs as it likes: a collection on fsspec's I/O thread used to deadlock with
+a reader inside h5py (seen in ~1 of 3 runs of the reader test on gcsfs), until remote HDF5 parts were
+fetched whole before h5py opens them (remote_file.py; test_store_semantics.py reproduces it).
 """
 from __future__ import annotations
 
 import errno
 import faulthandler
-import gc
 import os
 import subprocess
 import sys
@@ -57,17 +52,6 @@ PAUSE_S = 0.2      # between a reader's snapshots: gcp-storage-emulator answers 
                    # a reader that never pauses starves the compaction it watches
 STUCK_S = 90      # a snapshot taking longer is stuck (one takes seconds)
 VIDEOS = {"a.mp4": 20, "b.mp4": 24, "c.mp4": 28}          # name → frames: one clip each with the tiny preset
-
-
-@pytest.fixture(autouse=True)
-def collector_between_tests():
-    """The cyclic garbage collector paused for each test, and run before it (module doc)."""
-    was = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    yield
-    if was:
-        gc.enable()
 
 
 @pytest.fixture(scope="module", params=list(SCHEME))
@@ -246,14 +230,11 @@ def test_a_reader_during_compaction_sees_every_video_exactly_once(store, tmp_pat
 def read_until(out: str, ready: str, stop: str) -> None:
     """The reader process: snapshots of `out` until the file `stop` exists, each compared with the first
     (taken before `ready` is created); prints how many it took, or raises at the first difference. A
-    snapshot that hangs prints every thread's stack and ends the process (exit 1). The cyclic garbage
-    collector runs between snapshots, never during one (module doc)."""
-    gc.disable()
+    snapshot that hangs prints every thread's stack and ends the process (exit 1)."""
     first, taken = snapshot(out), 1
     open(ready, "w").close()
     while not os.path.exists(stop):
         time.sleep(PAUSE_S)
-        gc.collect()
         faulthandler.dump_traceback_later(STUCK_S, exit=True)
         assert_same(first, snapshot(out))
         faulthandler.cancel_dump_traceback_later()

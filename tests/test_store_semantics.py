@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 
 import pytest
+from fsspec.core import url_to_fs
 
-from pipeline.storage import StorageError
+from pipeline import attempt
+from pipeline.storage import Guarded, StorageError
+from pipeline.store.compaction import compact
 from pipeline.store import ledger as ledger_mod
 from pipeline.store import publish
 from pipeline.store.ledger import Ledger
@@ -139,3 +144,118 @@ def test_a_listing_is_never_served_from_a_cache(s3):
     fs.invalidate_cache = clear_then_a_late_answer_lands
     assert [p.rsplit("/", 1)[-1] for p in ledger.ls("ledger")] == ["claims", "index", "part-r-00000.json"]
     assert ledger.load().done == {"a"}
+
+
+# --- calls abandoned at their deadline (issue #27 item 3, point 4) -------------------------------------------
+
+class SlowLink:
+    """An upload over a slow link: it moves one piece each time the uploader's deadline passes, so it
+    overruns any deadline in total while never stalling for one."""
+
+    def __init__(self, pieces: int):
+        self.pieces, self.calls = pieces, 0
+        self.step, self.stepped = threading.Semaphore(0), threading.Semaphore(0)
+
+    def put_file(self, local, path, callback):
+        self.calls += 1
+        if self.calls > 1:                                 # a cut, and a copy sent again: fail at once
+            raise RuntimeError(f"upload {self.calls} of {path} while the first is still under way")
+        for _ in range(self.pieces):
+            self.step.acquire()
+            callback.relative_update(1)
+            self.stepped.release()
+
+    def a_deadline_passes(self, done: threading.Event, seconds: float) -> bool:
+        """attempt._wait as the clock would have it: a whole deadline, during which one piece moves."""
+        self.step.release()
+        while not done.is_set():
+            if self.stepped.acquire(timeout=0.05):
+                return done.is_set()
+        return True
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_upload_that_keeps_moving_is_never_cut_nor_run_twice(tmp_path, monkeypatch):
+    link = SlowLink(pieces=12)
+    monkeypatch.setattr(attempt, "_wait", link.a_deadline_passes)
+    local = tmp_path / "merged.h5"
+    local.write_bytes(b"x" * 1024)
+    Guarded(link).put_file(str(local), "bucket/hdf5/.compact-part.h5")
+    assert link.calls == 1                                 # one upload, through 12 deadlines' worth
+
+
+@pytest.mark.timeout(300)
+def test_an_upload_landing_after_compaction_deleted_its_file_is_harmless(s3, monkeypatch):
+    """A part's upload is abandoned at its deadline and retried; the part is committed, then compacted away;
+    then the abandoned upload lands. A glob over the data folders still sees every video once."""
+    monkeypatch.setenv("VIDFEAT_STORAGE_DEADLINE_S", "1")
+    out = f"s3://{s3['bucket']}/late-{time.time_ns()}"
+    fs = url_to_fs(out)[0]                                 # the s3fs instance publishing uses (cached)
+    held, landed, release, real_put = threading.Event(), threading.Event(), threading.Event(), fs.put_file
+
+    def first_upload_delayed(local, path, **kwargs):
+        if "part-r-00000.parquet" in path and "/videos/" in path and not held.is_set():
+            held.set()
+            data = open(local, "rb").read()                # the local file goes once the retry is done
+            release.wait()
+            fs.pipe_file(path, data)                       # lands now, where this try was sending it
+            landed.set()
+            return None
+        return real_put(local, path, **kwargs)
+    monkeypatch.setattr(fs, "put_file", first_upload_delayed)
+    writer = Ledger(out)
+    writer.claim()
+    commit(writer, "part-r-00000", ["a", "b"])
+    commit(writer, "part-r-00001", ["c"])
+    assert held.is_set()
+    compact(out, target_mb=1)
+    release.set()
+    assert landed.wait(60)
+    for sub in ("videos", "clips"):
+        assert sorted(globbed_ids(fs, writer.path(sub))) == ["a", "b", "c"], sub
+    assert Ledger(out).load().done == {"a", "b", "c"}
+
+
+def globbed_ids(fs, folder: str) -> list[str]:
+    """The video ids a glob over `folder`'s Parquet files reads (hidden names excepted, as globs do)."""
+    import pyarrow.parquet as pq
+
+    ids = []
+    for path in fs.glob(f"{folder}/*.parquet"):
+        with fs.open(path, "rb") as fh:
+            ids += pq.read_table(fh, columns=["video_id"]).column("video_id").to_pylist()
+    return ids
+
+
+# --- h5py and fsspec's event loop ---------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_reading_remote_hdf5_never_calls_fsspec_under_h5pys_lock(s3, monkeypatch):
+    """Garbage collection on fsspec's event-loop thread may free an h5py object, which takes h5py's global
+    lock: while h5py holds that lock to read through a file object of fsspec's, the two wait for each
+    other for ever. Here every S3 request first collects h5py garbage on the loop, so a reader that lets
+    h5py read through fsspec hangs (and this test times out)."""
+    import gc
+
+    import h5py
+    import s3fs
+
+    from pipeline.read.features import load_clips, load_videos
+    from pipeline.read.verify import verify
+
+    out = f"s3://{s3['bucket']}/h5-{time.time_ns()}"
+    writer = Ledger(out)
+    writer.claim()
+    commit(writer, "part-r-00000", ["a", "b"])
+    real_call = s3fs.S3FileSystem._call_s3
+
+    async def collect_h5py_garbage_first(self, *args, **kwargs):
+        cycle = [h5py.h5t.py_create("f4")]                 # an h5py object in a reference cycle
+        cycle.append(cycle)
+        del cycle
+        gc.collect(0)                                      # freeing it takes h5py's lock, on the loop
+        return await real_call(self, *args, **kwargs)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", collect_h5py_garbage_first)
+    assert load_videos(out, source="hdf5").ids == ["a", "b"]
+    assert load_clips(out, source="hdf5", fields=("embedding",)).embedding.shape == (2, 8)
+    assert verify(out)["ok"]

@@ -4,13 +4,16 @@ by a compaction start again from a fresh ledger state.
 
 Only parts with a ledger record are listed, so a reader never sees a half-written or uncommitted part.
 Local files are memory-mapped where the format allows: Parquet through `pa.memory_map`, HDF5 contiguous
-datasets as copy-on-write `np.memmap` views; remote HDF5 parts are read whole.
+datasets as copy-on-write `np.memmap` views; a remote HDF5 part is fetched whole to a local temporary
+(removed with its `H5Part`) and read from there, never through fsspec (remote_file.py: a deadlock).
 """
 from __future__ import annotations
 
 import contextvars
 import functools
 import logging
+import os
+import weakref
 from typing import Iterator
 
 import h5py
@@ -18,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.remote_file import local_copy
 from pipeline.storage import is_local
 from pipeline.store.ledger import Ledger
 
@@ -85,12 +89,14 @@ def read_table(out: str, kind: str = "videos", columns: list[str] | None = None)
 
 class H5Part:
     """One committed HDF5 part. The id index is read at once; `array(name)` opens a dataset on first use:
-    an np.memmap (copy-on-write) for a local contiguous dataset, else read whole. Pickles without its open
-    arrays, so a DataLoader worker re-opens its own maps."""
+    an np.memmap (copy-on-write) for a local contiguous dataset, else read whole (a remote part from its
+    local copy, module doc). Pickles without its open arrays and copy, so a DataLoader worker re-opens
+    its own maps."""
 
     def __init__(self, fs, path: str, local: bool):
         self.fs, self.path, self.local = fs, path, local
         self._arrays: dict[str, np.ndarray] = {}
+        self._copy: str | None = None
         with self._open() as f:
             self.ids = f["video_id"].asstr()[()].tolist()
             self.uris = f["uri"].asstr()[()].tolist()
@@ -111,14 +117,21 @@ class H5Part:
 
     def _open(self) -> h5py.File:
         try:
-            return h5py.File(self.path if self.local else self.fs.open(self.path, "rb"), "r")
+            return h5py.File(self.path if self.local else self._fetched(), "r")
         except OSError as exc:                      # h5py says "can't retrieve stat info" for a file that
             if not isinstance(exc, FileNotFoundError) and not self.fs.exists(self.path):   # went meanwhile
                 raise FileNotFoundError(self.path) from exc
             raise
 
+    def _fetched(self) -> str:
+        """The local copy of this remote part, fetched on first use and removed with this object."""
+        if self._copy is None:
+            self._copy = local_copy(self.fs, self.path)
+            weakref.finalize(self, os.remove, self._copy)
+        return self._copy
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": {}}
+        return {**self.__dict__, "_arrays": {}, "_copy": None}
 
 
 @consistent

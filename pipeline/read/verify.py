@@ -10,6 +10,8 @@ import collections
 
 import numpy as np
 
+from pipeline.remote_file import readable_path
+from pipeline.storage import is_local
 from pipeline.store import segments
 from pipeline.read.features import float_matrix
 from pipeline.store.ledger import Ledger
@@ -87,7 +89,7 @@ def _read_part(ledger: Ledger, files: dict) -> tuple[dict, dict, dict]:
             t = pq.read_table(fh, columns=columns)
         return {c: float_matrix(t.column(c)) if c in _FLOAT_LISTS else t.column(c).to_pylist() for c in columns}
 
-    with ledger.fs.open(files["hdf5"], "rb") as fh, h5py.File(fh, "r") as f:
+    with readable_path(ledger.fs, files["hdf5"], is_local(ledger.fs)) as local, h5py.File(local, "r") as f:
         h5 = {k: f[k][()] for k in ("video_id", "num_clips", "clip_offset", "embedding", "logits", "probs")}
         h5.update({f"clips/{k}": f[f"clips/{k}"][()] for k in ("clip_index", "embedding", "logits")})
     h5["video_id"] = [v.decode() if isinstance(v, bytes) else str(v) for v in h5["video_id"]]

@@ -52,7 +52,7 @@ from pipeline.store.segments import DATA_DIRS
 from pipeline import storage
 from pipeline.store import hdf5 as hdf5_sink
 from pipeline.store.hdf5 import Incompatible
-from pipeline.store.publish import publish_file
+from pipeline.store.publish import publish_once
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _stage(ledger: Ledger, files: Listing, group: list[str], name: str, drop: fr
             for sub in written:
                 _check(stop)
                 published.append(sub)
-                publish_file(os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}"),
+                publish_once(os.path.join(tmp, f"{sub}-{segments.file_name(name, sub)}"),
                              ledger.url(sub, segments.file_name(name, sub, staged=True)))
     except BaseException:
         _unstage(ledger, name, published)

@@ -1,8 +1,14 @@
 """Publish a finished local file at its final URL, whole or not at all.
 
-Local disk: the file is moved next to its destination under a hidden temporary name (`.tmp-…`), then
-renamed over it (`os.replace`, atomic on POSIX). Object stores: one upload to the final key, which S3,
-GCS and Azure make visible only when complete (an interrupted multipart upload shows nothing).
+On every store the file goes next to its destination under a hidden temporary name used once
+(`.tmp-<name>-<random>`), then takes its name: local disk renames it (`os.replace`, atomic on POSIX);
+object stores upload it (S3, GCS and Azure show an object only when its upload is complete: an
+interrupted multipart upload shows nothing), then copy it server-side to the final key and delete it.
+So an upload try abandoned at its deadline that lands later (storage.py) lands under its temporary,
+never over a published file that a compaction has since deleted (a glob would see its videos twice):
+it is garbage, which the next writer's garbage collection removes. A copy is one short request, and
+one that comes late finds its source gone. `publish_once` uploads straight to a name that is itself
+hidden and used once (a compaction's staged files).
 Readers ignore names starting with `.` or `_`, so a leftover temporary is never read. A published local
 file has the permissions a plain `open` would give it (0666 less the umask), whichever temporary it
 came from.
@@ -52,11 +58,30 @@ def publish_file(local_path: str, url: str) -> None:
     """Move/upload `local_path` to `url` atomically (see module doc). `local_path` is consumed."""
     fs, path = url_to_fs(url)
     if isinstance(fs, LocalFileSystem):
-        with _temporary(path, lambda tmp: shutil.move(local_path, tmp)) as tmp:
-            os.replace(tmp, path)
-    else:
-        guarded(fs).put_file(local_path, path, callback=_UploadProgress())
-        os.remove(local_path)
+        _replace_local(local_path, path)
+        return
+    directory, name = path.rsplit("/", 1)
+    tmp = f"{directory}/.tmp-{name}-{uuid.uuid4().hex[:8]}"
+    publish_once(local_path, fs.unstrip_protocol(tmp))
+    fs = guarded(fs)
+    fs.copy(tmp, path)
+    fs.rm(tmp)
+
+
+def publish_once(local_path: str, url: str) -> None:
+    """Publish `local_path` at `url`, a hidden name used once: on object stores one upload, no copy (a
+    late landing there is harmless, module doc). `local_path` is consumed."""
+    fs, path = url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        _replace_local(local_path, path)
+        return
+    guarded(fs).put_file(local_path, path, callback=_UploadProgress())
+    os.remove(local_path)
+
+
+def _replace_local(local_path: str, path: str) -> None:
+    with _temporary(path, lambda tmp: shutil.move(local_path, tmp)) as tmp:
+        os.replace(tmp, path)
 
 
 def publish_bytes(data: bytes, url: str, exclusive: bool = False) -> None:
