@@ -93,6 +93,15 @@ def test_a_writer_that_ends_joins_the_beat_in_flight_before_it_ends_its_lease(tm
     assert ended == [True]
 
 
+def assert_refused(out: str, match: str) -> None:
+    """A writer starting now keeps the foreign lease (it is not taken for dead) and refuses to claim the
+    output while that lease's writer holds the newest claim (claims.claim asks `refuse_if_writing`)."""
+    with WriterLease(Ledger(out)) as held:
+        assert "f" * 32 in leases_seen(out)
+        with pytest.raises(ConfigError, match=match):
+            held.refuse_if_writing({"id": "f" * 32})
+
+
 def foreign_lease(out: str, **fields) -> str:
     """A lease of another writer, as its host wrote it; its path."""
     folder = os.path.join(out, ".writers")
@@ -108,8 +117,7 @@ def foreign_lease(out: str, **fields) -> str:
 def test_a_live_writer_whose_clock_is_an_hour_behind_is_not_taken_for_dead(tmp_path):
     out = str(tmp_path / "out")
     foreign_lease(out, heartbeat=time.time() - 3600)              # its clock is an hour behind, its beat fresh
-    with pytest.raises(ConfigError, match="another-host"):
-        WriterLease(Ledger(out)).__enter__()
+    assert_refused(out, "another-host")
 
 
 def test_a_writer_whose_clock_is_ahead_is_stale_when_the_store_says_so(tmp_path):
@@ -126,8 +134,7 @@ def test_this_hosts_clock_set_apart_from_the_stores_changes_nothing(tmp_path, mo
     real = time.time
     for offset in (-3600, 3600):
         monkeypatch.setattr(time, "time", lambda: real() + offset)
-        with pytest.raises(ConfigError, match="another-host"):
-            WriterLease(Ledger(out)).__enter__()
+        assert_refused(out, "another-host")
 
 
 def test_a_host_of_the_same_name_in_another_boot_is_not_taken_for_dead(tmp_path):
@@ -136,8 +143,7 @@ def test_a_host_of_the_same_name_in_another_boot_is_not_taken_for_dead(tmp_path)
     assert here, "Linux exposes the boot id and pid namespace"
     out = str(tmp_path / "out")
     foreign_lease(out, host=socket.gethostname(), pid=2 ** 22 + 12345, **{**here, "boot": "another-boot"})
-    with pytest.raises(ConfigError, match=socket.gethostname()):
-        WriterLease(Ledger(out)).__enter__()
+    assert_refused(out, socket.gethostname())
 
 
 def test_a_pid_is_taken_for_dead_at_once_only_in_this_pid_namespace_and_boot():
