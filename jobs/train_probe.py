@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError, VidfeatError
-from pipeline.read.features import SOURCES, load_videos, read_labels
+from pipeline.read.features import SOURCES, load_videos
+from pipeline.read.task_dataset import read_labels
 
 log = logging.getLogger(__name__)
 

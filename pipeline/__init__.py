@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline import _moved
-
 __version__ = "0.1.0"
 
 _WHERE = {
@@ -23,7 +21,6 @@ _WHERE = {
     "TaskDataset": "pipeline.read.task_dataset",
 }
 __all__ = sorted(_WHERE)
-_moved.install()
 
 
 def __getattr__(name: str):

@@ -25,12 +25,12 @@ import sys
 from pipeline import exits
 from pipeline.commands import (add_extract_arguments, add_report_arguments, add_search_arguments,
                                add_verbose_argument, cmd_compact, cmd_demo, cmd_extract, cmd_inspect,
-                               cmd_report, cmd_search, cmd_status, cmd_verify, require_output)
-from pipeline.errors import ConfigError
+                               cmd_report, cmd_search, cmd_status, cmd_verify)
+from pipeline.errors import Terminated
 from pipeline.preflight import add_plan_arguments, cmd_plan
 
 
-__all__ = ["build_parser", "main", "run_cli", "require_output", "ConfigError"]
+__all__ = ["build_parser", "main", "run_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         if exc.code != signal.SIGTERM:                 # ray.init's SIGTERM handler calls sys.exit(15)
             raise
-        return exits.report(exits.Terminated(), args)
-    except (Exception, KeyboardInterrupt, exits.Terminated) as exc:
+        return exits.report(Terminated(), args)
+    except (Exception, KeyboardInterrupt, Terminated) as exc:
         return exits.report(exc, args)
 
 

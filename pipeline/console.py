@@ -37,7 +37,7 @@ import time
 import warnings
 from typing import Iterator, TextIO
 
-from pipeline.progress import Progress, _clock  # noqa: F401 - re-exported: tests import them here
+from pipeline.progress import Progress
 from pipeline.run.listener import RunListener
 from pipeline.text import printable
 

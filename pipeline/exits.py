@@ -18,7 +18,7 @@ import threading
 import traceback
 from typing import Iterator, NoReturn
 
-from pipeline.errors import ClusterLostError, LeaseLostError, Terminated, VidfeatError  # noqa: F401 - Terminated: exits.Terminated
+from pipeline.errors import ClusterLostError, LeaseLostError, Terminated, VidfeatError
 from pipeline.text import printable
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3

@@ -1,5 +1,5 @@
 """One live progress line of a run: videos and clips done, failures so far, video-hours per hour, ETA.
-It shows counts and times only (no id or path from the data). Re-exported by `pipeline.console`."""
+It shows counts and times only (no id or path from the data)."""
 from __future__ import annotations
 
 import os

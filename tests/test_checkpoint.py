@@ -9,7 +9,7 @@ import torch
 
 from pipeline.errors import CheckpointError
 from pipeline.model import PRESETS, TimeSformer, load_timesformer, to_timesformer_keys
-from pipeline.model.checkpoint import infer_arch
+from pipeline.model.checkpoint_keys import infer_arch
 
 
 @pytest.fixture()

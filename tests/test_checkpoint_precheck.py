@@ -20,7 +20,8 @@ import torch
 
 from pipeline.errors import CheckpointError, VidfeatError
 from pipeline.model import check_checkpoint, load_timesformer
-from pipeline.model.checkpoint import SHOWN, fit_problems
+from pipeline.model.checkpoint import fit_problems
+from pipeline.model.checkpoint_diagnosis import SHOWN
 
 TINY = dict(preset="tiny", num_frames=4, img_size=32)          # what the inference actor passes for `tiny`
 TORCH_ADVICE = ("weights_only=False", "weights_only` set to `False", "add_safe_globals", "safe_globals",

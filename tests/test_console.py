@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from pipeline.console import Progress, _clock, print_summary
+from pipeline.console import print_summary
+from pipeline.progress import Progress, _clock
 
 from conftest import ray_env, wait_for
 

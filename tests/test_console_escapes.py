@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from pipeline.store.commit import provenance, write_part
 from pipeline.config import Config
-from pipeline.console import failure_lines, print_summary, printable
+from pipeline.console import failure_lines, print_summary
+from pipeline.text import printable
 from pipeline.store.ledger import Ledger
 
 from conftest import ray_env

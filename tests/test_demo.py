@@ -14,7 +14,7 @@ import pytest
 from browser import Chromium, chromium_path
 from pipeline.plan.demo_set import SAMPLES
 from pipeline.plan.samples import write_index_video
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 
 from conftest import ray_env
 

@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.read.features import load_videos, read_table
+from pipeline.read.features import load_videos
+
+from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
 from pipeline.run.runner import run_extract
 from pipeline.read.status import status

@@ -16,7 +16,8 @@ import sys
 import pytest
 
 from pipeline import cli
-from pipeline.errors import LeaseLostError
+from pipeline.commands import require_output
+from pipeline.errors import ConfigError, LeaseLostError
 
 from conftest import ray_env, run_cli
 from featurekit import build_output
@@ -77,11 +78,11 @@ def test_a_path_that_holds_no_output_is_a_usage_error(tmp_path, command):
 
 
 def test_require_output_accepts_a_run_json_or_a_ledger(tmp_path):
-    with pytest.raises(cli.ConfigError, match="not a vidfeat output directory"):
-        cli.require_output(str(tmp_path))
+    with pytest.raises(ConfigError, match="not a vidfeat output directory"):
+        require_output(str(tmp_path))
     (tmp_path / "run.json").write_text("{}")
-    cli.require_output(str(tmp_path))
-    cli.require_output(f"file://{tmp_path}/")
+    require_output(str(tmp_path))
+    require_output(f"file://{tmp_path}/")
 
 
 def test_a_truncated_data_file_is_a_problem_verify_finds_1(copy):

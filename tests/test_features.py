@@ -10,8 +10,10 @@ import torch
 
 from featurekit import CLASSES, GHOST, shared_output
 from pipeline.errors import ConfigError
-from pipeline.read.features import (CLIP_FIELDS, SOURCES, VIDEO_FIELDS, TaskDataset, collate, h5_parts, load_clips,
-                               load_videos, lookup_videos, part_urls, read_labels, read_table, video_embeddings)
+from pipeline.read.features import (CLIP_FIELDS, SOURCES, VIDEO_FIELDS, load_clips, load_videos, lookup_videos,
+                                    video_embeddings)
+from pipeline.read.parts import h5_parts, part_urls, read_table
+from pipeline.read.task_dataset import TaskDataset, collate, read_labels
 
 
 @pytest.fixture(scope="module")

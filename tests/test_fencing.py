@@ -13,7 +13,7 @@ import pytest
 from pipeline.store import lease as lease_mod
 from pipeline.store.commit import write_part
 from pipeline.errors import DamagedOutputError, LeaseLostError
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.store.lease import WriterLease, alive
 from pipeline.store.ledger import Ledger
 from pipeline.read.verify import verify

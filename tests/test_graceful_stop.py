@@ -14,7 +14,7 @@ import time
 import pytest
 
 from pipeline.errors import Terminated
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.run.drain import GracefulStop, pulled
 from pipeline.store.ledger import Ledger
 

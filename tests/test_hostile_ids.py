@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.corpus import load_corpus
 from pipeline.errors import ConfigError
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
 from pipeline.run.runner import run_extract
 from pipeline.read.verify import verify

@@ -57,7 +57,7 @@ def our_outputs(model, x):
 
 def as_official_pyth(hf_state: dict) -> dict:
     """The same weights under official names, in the official `.pyth` layout."""
-    from pipeline.model.checkpoint import to_timesformer_keys
+    from pipeline.model.checkpoint_keys import to_timesformer_keys
 
     official = {f"model.{k}": v for k, v in to_timesformer_keys(hf_state).items()}
     return {"epoch": 15, "model_state": official, "optimizer_state": {}, "cfg": "MODEL:\n  NUM_CLASSES: 7\n"}

@@ -37,7 +37,7 @@ import uuid
 import pytest
 from fsspec.core import url_to_fs
 
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.read.verify import verify
 from pipeline.store.compaction import compact
 from pipeline.store.ledger import Ledger

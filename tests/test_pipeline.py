@@ -18,7 +18,7 @@ import torch
 
 import schemas
 from pipeline.decode import decode_clips
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.model import load_timesformer
 from pipeline.run.runner import run_extract
 from pipeline.decode.transforms import crop, to_model_input

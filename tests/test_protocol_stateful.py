@@ -95,7 +95,8 @@ from pipeline.store.claims import Claims
 from pipeline.store.commit import PartWriter, write_part
 from pipeline.store.compaction import compact
 from pipeline.errors import DamagedOutputError, LeaseLostError
-from pipeline.read.features import load_videos, read_table
+from pipeline.read.features import load_videos
+from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
 from pipeline.store.retire import retire
 from pipeline.read.verify import verify

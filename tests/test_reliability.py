@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.plan import samples
 from pipeline.config import Config
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
 from pipeline.store.commit import write_part
 from pipeline.run.runner import run_extract

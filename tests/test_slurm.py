@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.plan.samples import write_index_video
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
 
 from conftest import free_port, ray_env, run_cli, stop_tree, wait_for

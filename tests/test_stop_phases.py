@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.plan.samples import write_index_video
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.run.cluster import keeping_signal_handlers
 from pipeline.run.drain import GracefulStop
 from pipeline.run.metrics import hold_final

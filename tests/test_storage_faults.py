@@ -363,7 +363,7 @@ FIRST_RECORD = b"/ledger/part-"              # the outage starts at the run's fi
 
 @pytest.mark.parametrize("mode", ["refuse", "blackhole", "slowdown"])
 def test_a_run_rides_out_an_outage_shorter_than_the_patience(s3, ray_head, proxied, good_videos, tmp_path, mode):
-    from pipeline.read.features import read_table
+    from pipeline.read.parts import read_table
     from pipeline.read.verify import verify
 
     out = f"s3://vidfeat-test/run-{mode}-{time.time_ns()}"
