@@ -10,6 +10,11 @@ import sys
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:                     # Python 3.10: import-linter's own TOML reader
+    import tomli as tomllib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,6 +23,27 @@ def test_import_contracts_are_kept():
     proc = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "0 broken" in proc.stdout and "kept" in proc.stdout
+
+
+def top_level() -> set[str]:
+    """`pipeline.<name>` for every module and package at the top of the package."""
+    top = os.path.join(ROOT, "pipeline")
+    return {f"pipeline.{name.removesuffix('.py')}" for name in os.listdir(top)
+            if (name.endswith(".py") and not name.startswith("__"))
+            or os.path.isfile(os.path.join(top, name, "__init__.py"))}
+
+
+@pytest.mark.parametrize("top, name_start", [("pipeline.cli", "Nothing below the command line"),
+                                             ("pipeline.report", "Nothing but the command line")])
+def test_the_top_layers_are_guarded_from_every_module_below(top, name_start):
+    """The contracts that keep the command line (and the report) on top name every other top-level module
+    and package as a source, so a module added later cannot import them unnoticed."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        contracts = tomllib.load(fh)["tool"]["importlinter"]["contracts"]
+    contract, = (c for c in contracts if c["name"].startswith(name_start))
+    above = {"pipeline.cli", top}
+    assert set(contract["source_modules"]) == top_level() - above
+    assert contract["forbidden_modules"] == [top]
 
 
 @pytest.mark.parametrize("old", ["pipeline.ledger", "pipeline.compact", "pipeline.sinks.publish",

@@ -1,4 +1,4 @@
-"""The console (pipeline.console): the progress line, and where Ray's log records and C++ lines go.
+"""The console (pipeline.cli.console): the progress line, and where Ray's log records and C++ lines go.
 No Ray cluster here (the routing test imports ray in a subprocess); the whole demo is test_demo.py. The
 progress line reads a clock the test moves; its periodic output is waited for, never slept for."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from pipeline.console import print_summary
-from pipeline.progress import Progress, _clock
+from pipeline.cli.console import print_summary
+from pipeline.cli.progress import Progress, _clock
 
 from conftest import ray_env, wait_for
 
@@ -97,7 +97,7 @@ def test_summary_says_how_many_failures_it_does_not_show():
 
 ROUTING = textwrap.dedent("""
     import logging, os, sys
-    from pipeline import console
+    from pipeline.cli import console
     console.configure_logging(verbose={verbose})
     with console.ray_logs_to_file(sys.argv[1], verbose={verbose}):
         logging.getLogger("ray").warning("RAY-PYTHON-LINE")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pipeline.store.commit import provenance, write_part
 from pipeline.config import Config
-from pipeline.console import failure_lines, print_summary
+from pipeline.cli.console import failure_lines, print_summary
 from pipeline.text import printable
 from pipeline.store.ledger import Ledger
 
@@ -143,7 +143,7 @@ def test_error_messages_are_escaped(tmp_path):
 def test_console_log_lines_are_escaped_the_log_file_keeps_the_record(capsys, tmp_path):
     import logging
 
-    from pipeline.console import StderrHandler, configure_logging
+    from pipeline.cli.console import StderrHandler, configure_logging
 
     configure_logging(verbose=False)
     file_handler = logging.FileHandler(tmp_path / "run.log", encoding="utf-8")

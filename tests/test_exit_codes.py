@@ -1,4 +1,4 @@
-"""Every exit code means one thing (pipeline/cli.py's docstring, DESIGN.md §5), and a process exits with
+"""Every exit code means one thing (pipeline/cli/entry.py's docstring, DESIGN.md §5), and a process exits with
 it every time: 0 done, 1 failures found, 2 usage / damaged output, 3 failure rate, 70 unexpected,
 74 I/O error, 75 lease lost, 130 SIGINT, 143 SIGTERM — with one line on stderr naming the cause, the
 traceback in a log file. Real subprocesses where the failure can be made real, `main` in process
@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from pipeline import cli
-from pipeline.commands import require_output
+from pipeline.cli.commands import require_output
 from pipeline.errors import ConfigError, LeaseLostError
 
 from conftest import ray_env, run_cli

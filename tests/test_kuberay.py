@@ -9,7 +9,7 @@ import shlex
 
 import yaml
 
-from pipeline.commands import add_extract_arguments, config_from_args
+from pipeline.cli.commands import add_extract_arguments, config_from_args
 from pipeline.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ from pipeline.corpus import load_corpus
 from pipeline.decode import probe_video
 from pipeline.plan.clips import plan_clips
 from pipeline.plan.samples import write_index_video, write_random_bytes
-from pipeline.preflight import nodes_by_deadline, parse_hours, plan
+from pipeline.cli.preflight import nodes_by_deadline, parse_hours, plan
 
 from conftest import run_cli
 
@@ -111,7 +111,7 @@ def test_nodes_cover_the_gpu_hours_and_the_decoding_left_over():
 
 
 def test_a_duration_column_that_is_not_numbers_is_ignored_not_fatal(mixed, tmp_path):
-    from pipeline.preflight import manifest_durations
+    from pipeline.cli.preflight import manifest_durations
 
     _, rows = mixed
     bad = [{**r, "duration_s": "n/a" if i == 0 else r["duration_s"]} for i, r in enumerate(rows)]

@@ -90,7 +90,7 @@ def describe(exc: BaseException) -> str:
 def save_traceback(exc: BaseException, args: argparse.Namespace) -> str:
     """Append the traceback of `exc` to the command's log file (extract's own, else a new one);
     'traceback in PATH', or why it could not be saved."""
-    from pipeline.console import log_path
+    from pipeline.cli.console import log_path
 
     try:
         path = getattr(args, "log_file", None) or log_path(args.command)
@@ -127,7 +127,7 @@ def exit_now(code: int) -> NoReturn:
     _flush()
     atexit._run_exitfuncs()
     _flush()
-    from pipeline.supervise import report
+    from pipeline.cli.supervise import report
 
     report(code)                                # to the supervisor of a run, if any (supervise.py)
     os._exit(code)

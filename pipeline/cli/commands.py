@@ -1,5 +1,5 @@
-"""The commands of the CLI (pipeline/cli.py builds the parser and runs them): each `cmd_*` takes the parsed
-arguments and returns an exit code (pipeline/exits.py); `add_*_arguments` declare what a command takes.
+"""The commands of the CLI (pipeline/cli/entry.py builds the parser and runs them): each `cmd_*` takes the parsed
+arguments and returns an exit code (pipeline/cli/exits.py); `add_*_arguments` declare what a command takes.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 
 from pipeline.errors import ConfigError
-from pipeline.exits import EXIT_ABORTED, EXIT_FAILURES, EXIT_OK
+from pipeline.cli.exits import EXIT_ABORTED, EXIT_FAILURES, EXIT_OK
 from pipeline.text import printable
 
 
@@ -86,7 +86,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from pipeline import console
+    from pipeline.cli import console
     from pipeline.run.runner import FailureRateExceeded, run_extract
 
     config = config_from_args(args)
@@ -110,7 +110,7 @@ def interrupted(command: str, signal_name: str, detail: str = "") -> int:
     """The one line and the code (130 SIGINT, 143 SIGTERM) of a command stopped gracefully by a signal."""
     import signal
 
-    from pipeline.exits import RESUMES
+    from pipeline.cli.exits import RESUMES
 
     print(f"vidfeat {command}: {'interrupted' if signal_name == 'SIGINT' else 'terminated'} ({signal_name}); "
           f"{RESUMES}{f' ({detail})' if detail else ''}", file=sys.stderr)
@@ -118,7 +118,7 @@ def interrupted(command: str, signal_name: str, detail: str = "") -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.console import changed_lines, failure_lines
+    from pipeline.cli.console import changed_lines, failure_lines
     from pipeline.read.status import status
 
     require_output(args.out)

@@ -1,6 +1,6 @@
 """vidfeat command line: extract | status | verify | compact | inspect | search | report | demo (contract: DESIGN.md §4).
 
-Exit codes, one meaning each (DESIGN.md §5; 69, 70, 74, 75 from sysexits.h; the mapping: pipeline/exits.py):
+Exit codes, one meaning each (DESIGN.md §5; 69, 70, 74, 75 from sysexits.h; the mapping: pipeline/cli/exits.py):
   0   done (verify: no problem found)          1   finished, but videos failed, or verify found problems
   2   bad usage, configuration, input or checkpoint; an output directory that is none (a typo) or is
       damaged (VidfeatError, DamagedOutputError included; a command-line path that does not exist)
@@ -22,12 +22,12 @@ import argparse
 import signal
 import sys
 
-from pipeline import exits
-from pipeline.commands import (add_extract_arguments, add_report_arguments, add_search_arguments,
-                               add_verbose_argument, cmd_compact, cmd_demo, cmd_extract, cmd_inspect,
-                               cmd_report, cmd_search, cmd_status, cmd_verify)
+from pipeline.cli import exits
+from pipeline.cli.commands import (add_extract_arguments, add_report_arguments, add_search_arguments,
+                                   add_verbose_argument, cmd_compact, cmd_demo, cmd_extract, cmd_inspect,
+                                   cmd_report, cmd_search, cmd_status, cmd_verify)
+from pipeline.cli.preflight import add_plan_arguments, cmd_plan
 from pipeline.errors import Terminated
-from pipeline.preflight import add_plan_arguments, cmd_plan
 
 
 __all__ = ["build_parser", "main", "run_cli"]
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command `argv` (default: sys.argv[1:]) and return its exit code (module doc); whatever it
     raises becomes one line on stderr. Usage errors exit from argparse (SystemExit 2)."""
     args = build_parser().parse_args(argv)
-    from pipeline.console import configure_logging
+    from pipeline.cli.console import configure_logging
 
     configure_logging(args.verbose)
     try:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_cli(argv: list[str] | None = None) -> None:
     """The process entry point: `main(argv)`, then `exit_now` with its code (exits.py: no SIGABRT at
     teardown); `extract` and `demo` run in a watched child (supervise.py). Not for tests, which call `main`."""
-    from pipeline import supervise
+    from pipeline.cli import supervise
 
     argv = sys.argv[1:] if argv is None else argv
     if supervise.wanted(argv):

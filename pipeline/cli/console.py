@@ -37,7 +37,7 @@ import time
 import warnings
 from typing import Iterator, TextIO
 
-from pipeline.progress import Progress
+from pipeline.cli.progress import Progress
 from pipeline.run.listener import RunListener
 from pipeline.text import printable
 
@@ -215,7 +215,7 @@ def announce(todo: int, total: int, out: str, stream: TextIO | None = None) -> N
 
 class ConsoleListener(RunListener):
     """The CLI's view of a run (pipeline/run/listener.py): the announcement, then one live progress line
-    (pipeline/progress.py), drawn unless `progress` is off."""
+    (pipeline/cli/progress.py), drawn unless `progress` is off."""
 
     def __init__(self, progress: bool = True):
         self.progress, self.bars, self.streaming = progress, None, False
