@@ -23,7 +23,7 @@ import time
 from pipeline.corpus import read_corpus
 from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
-from pipeline.plan.samples import write_index_video, write_random_bytes
+from pipeline.synthetic.samples import write_index_video, write_random_bytes
 from pipeline.read.verify import verify
 
 

@@ -2,7 +2,7 @@
 
 The package is laid out by role: `run` (the Ray run), `decode` (videos to clips), `model` (the network),
 `store` (the output and its commit protocol), `read` (readers of an output), `report` (the HTML report),
-`plan` (clip plans, sample videos) and `cli` (the command line, on top of them all); what every role
+`synthetic` (the sample videos it makes) and `cli` (the command line, on top of them all); what every role
 shares (config, presets, corpus, errors, storage, faults, text) lives at the top. The public
 API is importable from here, loaded on first use so that `import pipeline` stays light:
 

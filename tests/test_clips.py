@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.plan.clips import cfr_timestamps, frames_at, num_samples, plan_cfr, plan_clips
+from pipeline.decode.clips import cfr_timestamps, frames_at, num_samples, plan_cfr, plan_clips
 from pipeline.config import SamplingConfig
 
 FPS = [23.976, 24000 / 1001, 24, 25, 29.97, 30000 / 1001, 30, 50, 59.94, 60]

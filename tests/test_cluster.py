@@ -22,7 +22,7 @@ import yaml
 from pipeline.run.aggregate import aggregate_video
 from pipeline.read.features import load_videos
 from pipeline.store.ledger import Ledger
-from pipeline.plan.samples import write_index_video
+from pipeline.synthetic.samples import write_index_video
 from pipeline.read.status import last_run
 from pipeline.read.verify import verify
 

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from pipeline.errors import ClusterUnreachable
-from pipeline.plan.samples import write_index_video
+from pipeline.synthetic.samples import write_index_video
 from pipeline.run import cluster
 
 from conftest import free_port, run_cli

@@ -10,10 +10,10 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipeline.plan import samples
+from pipeline.synthetic import samples
 
 from pipeline.decode import watchdog
-from pipeline.plan.clips import plan_clips
+from pipeline.decode.clips import plan_clips
 from pipeline.config import Config
 from pipeline.decode import decode_clips, local_copy, probe_video, upright
 from pipeline.decode.pyav import GopFilter, pyav_pass

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from browser import Chromium, chromium_path
-from pipeline.plan.demo_set import SAMPLES
-from pipeline.plan.samples import write_index_video
+from pipeline.synthetic.demo_set import SAMPLES
+from pipeline.synthetic.samples import write_index_video
 from pipeline.read.parts import read_table
 
 from conftest import ray_env

@@ -173,7 +173,7 @@ def uploads(gcs, act) -> list[str]:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from pipeline.plan.samples import write_index_video
+    from pipeline.synthetic.samples import write_index_video
 
     root = tmp_path_factory.mktemp("videos")
     for name, frames in VIDEOS.items():

@@ -12,8 +12,8 @@ import pytest
 from pipeline.config import Config
 from pipeline.corpus import load_corpus
 from pipeline.decode import probe_video
-from pipeline.plan.clips import plan_clips
-from pipeline.plan.samples import write_index_video, write_random_bytes
+from pipeline.decode.clips import plan_clips
+from pipeline.synthetic.samples import write_index_video, write_random_bytes
 from pipeline.cli.preflight import nodes_by_deadline, parse_hours, plan
 
 from conftest import run_cli

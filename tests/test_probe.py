@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.plan import samples
-from pipeline.plan.clips import plan_cfr
+from pipeline.synthetic import samples
+from pipeline.decode.clips import plan_cfr
 from pipeline.config import Config
 from pipeline.errors import DecodeError
 from pipeline.decode.inspect import contact_sheet, dump_frames, inspect_video

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.plan import samples
+from pipeline.synthetic import samples
 from pipeline.config import Config
 from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger

@@ -20,7 +20,7 @@ from pipeline.store.ledger import Ledger
 from pipeline.read.neighbours import nearest_videos
 from pipeline.report.page import failure_groups, gather, neighbour_gallery, render, write_report
 from pipeline.store.commit import write_part
-from pipeline.plan.samples import write_index_video
+from pipeline.synthetic.samples import write_index_video
 from pipeline.read.search import VideoIndex
 from pipeline.report.thumbnails import strip_data_uri, thumbnail_strip
 from test_reliability import PROV

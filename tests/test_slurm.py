@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.plan.samples import write_index_video
+from pipeline.synthetic.samples import write_index_video
 from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
 

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.plan.samples import write_index_video
+from pipeline.synthetic.samples import write_index_video
 from pipeline.read.parts import read_table
 from pipeline.run.cluster import keeping_signal_handlers
 from pipeline.run.drain import GracefulStop

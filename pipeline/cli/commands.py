@@ -195,7 +195,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate sample videos, then run the real pipeline on them with a random-weight `tiny` model."""
-    from pipeline.plan.demo_set import write_demo_set
+    from pipeline.synthetic.demo_set import write_demo_set
 
     videos = os.path.join(args.out, "samples")
     write_demo_set(videos)

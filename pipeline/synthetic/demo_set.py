@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.plan.samples import add_stream, frame_pts
+from pipeline.synthetic.samples import add_stream, frame_pts
 
 SECONDS = 8.0
 _VFR = [1 / 30 if i % 3 else 1 / 12 for i in range(1, 400)]   # frame gaps of a variable-rate video
