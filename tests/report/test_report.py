@@ -23,7 +23,7 @@ from pipeline.store.commit import write_part
 from pipeline.synthetic.samples import write_index_video
 from pipeline.read.search import VideoIndex
 from pipeline.report.thumbnails import strip_data_uri, thumbnail_strip
-from test_reliability import PROV
+from partkit import PROV
 
 from conftest import run_cli
 

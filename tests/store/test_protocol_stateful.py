@@ -59,7 +59,7 @@ writer's claim rebuilds the state.
 Cost: by default a few hundred steps in all (about 15 s on local disk and 30 s on S3, 2 cores). A
 longer run:
 
-    VIDFEAT_STATEFUL_EXAMPLES=200 pytest tests/test_protocol_stateful.py
+    VIDFEAT_STATEFUL_EXAMPLES=200 pytest tests/store/test_protocol_stateful.py
 
 sets the number of examples (sequences) on local disk (S3 gets a quarter of them, at least 5) and
 lengthens each sequence. Failures print the shortest sequence of steps found, as Python.
@@ -101,7 +101,7 @@ from pipeline.store.ledger import Ledger
 from pipeline.store.retire import retire
 from pipeline.read.verify import verify
 
-from test_reliability import PROV
+from partkit import PROV
 
 EXAMPLES = int(os.environ.get("VIDFEAT_STATEFUL_EXAMPLES") or 0)
 LOCAL = (EXAMPLES, 60) if EXAMPLES else (20, 30)          # (examples, steps per example)

@@ -19,7 +19,7 @@ from pipeline.store.ledger import Ledger
 from pipeline.read.verify import verify
 
 from conftest import run_cli
-from test_reliability import PROV
+from partkit import PROV
 
 
 def commit(ledger: Ledger, part: str, ids: list[str]) -> None:

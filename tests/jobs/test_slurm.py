@@ -31,7 +31,7 @@ from pipeline.store.ledger import Ledger
 from conftest import free_port, ray_env, run_cli, stop_tree, wait_for
 from gate import HELD_S, Gate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DAEMONS = ("slurmctld", "slurmd", "munged")
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from featurekit import shared_output
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "USING_FEATURES.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOC = os.path.join(ROOT, "docs", "USING_FEATURES.md")
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

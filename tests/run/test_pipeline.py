@@ -161,7 +161,7 @@ def test_ray_job_submit_runs_the_job_entrypoint(ray_head, corpus, tmp_path):
     out = str(tmp_path / "features")
     # the head answers `ray status` before its job agent (which runs submitted jobs) is up
     assert wait_for(lambda: answers(ray_head["agent_port"]), timeout=120), "the head's job agent did not start"
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = ["ray", "job", "submit", "--address", ray_head["dashboard"], "--working-dir", repo, "--",
            "python", "-m", "jobs.extract", corpus["dir"], "--out", out, "--config", "jobs/demo.yaml", "--no-progress"]
     done = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=400, cwd=repo)

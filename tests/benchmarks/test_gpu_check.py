@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SECTIONS = ["env", "nvdec", "precision", "throughput", "embed", "profile", "max_batch", "sdpa", "cpu_decode",
             "nvdec_decode"]
 
@@ -200,7 +200,7 @@ def test_the_run_script_goes_on_without_pyav_and_records_the_wheels(tmp_path):
     env = {**os.environ, "OUT": str(out), "WHEELS": str(folder), "SITE": str(tmp_path / "site"),
            "PYTHONPATH": os.pathsep.join([str(fake), ROOT]), "BUDGET_S": "60", "TESTS_S": "60",
            "GPU_CHECK_ARGS": "--smoke --only env,precision,cpu_decode",
-           "TESTS": "tests/test_accel.py::test_mean_and_std_are_made_once_per_device"}
+           "TESTS": "tests/model/test_accel.py::test_mean_and_std_are_made_once_per_device"}
     proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_run.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -44,7 +44,7 @@ from pipeline.store.ledger import Ledger
 from pipeline.store.publish import publish_bytes, publish_file
 
 from conftest import run_cli, wait_for
-from test_compact import assert_same, build_output, snapshot
+from partkit import assert_same, build_output, snapshot
 
 SCHEME = {"s3": "s3", "gcs": "gs", "azure": "abfs"}
 GAPS = {    # what an emulator lacks, for the store whose probe found it missing
@@ -228,8 +228,10 @@ def test_a_reader_during_compaction_sees_every_video_exactly_once(store, tmp_pat
     out, ready, stop = fresh(store, "compact-read"), tmp_path / "ready", tmp_path / "stop"
     build_output(out, parts=8)
     before = snapshot(out)
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))       # conftest's and partkit's folder
+    path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
     reader = subprocess.Popen([sys.executable, __file__, out, str(ready), str(stop)],
-                              env={**os.environ, **store["env"]}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, **store["env"], "PYTHONPATH": path}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
         assert wait_for(lambda: ready.exists() or reader.poll() is not None, timeout=120), "the reader never read"

@@ -31,7 +31,7 @@ from pipeline.run.metrics import hold_final
 from pipeline.store.ledger import Ledger
 
 from conftest import free_port, ray_env, run_cli, wait_for
-from test_compact import build_output
+from partkit import build_output
 
 VIDEOS = [f"v{i}.mp4" for i in range(4)]          # a part each (commit_every 1, batches of 1): one merge at the end
 EXTRACT_PHASES = {

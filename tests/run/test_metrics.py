@@ -21,7 +21,7 @@ from pipeline.run.queue import rows_waiting
 from conftest import free_port, ray_env
 from gate import HELD_S, Gate, until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SUMMARY_OF = {"ray_vidfeat_videos_done": "ok", "ray_vidfeat_videos_failed": "failed",
               "ray_vidfeat_clips": "clips", "ray_vidfeat_decode_seconds": "decode_s",

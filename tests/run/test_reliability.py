@@ -25,6 +25,7 @@ from pipeline.run.runner import run_extract
 from pipeline.read.verify import verify
 
 from conftest import free_port, ray_env, run_cli
+from partkit import PROV
 
 # name → expected outcome: "ok" (features) or the DecodeError kind that must open the failure's error
 CATALOGUE = {
@@ -132,10 +133,6 @@ def test_inference_actor_death_is_retried(ray_head, corpus, tiny_config, tmp_pat
 
 
 # --- verify catches damage ------------------------------------------------------------------------------
-
-PROV = {"checkpoint_sha256": "x", "preset": "tiny", "sampling": "4x8@30fps", "preprocessing": "p", "decode": "d",
-        "fingerprint": "f", "schema_version": 1, "code_version": "0", "run_id": "r"}
-
 
 def committed_output(root, n=3) -> tuple[str, Ledger]:
     out = str(root / "out")

@@ -12,7 +12,7 @@ import yaml
 from pipeline.cli.commands import add_extract_arguments, config_from_args
 from pipeline.config import RunConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def rayjob() -> dict:
