@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from measure import cpu_seconds  # noqa: E402
 from timing import medians  # noqa: E402
-from pipeline.plan.clips import plan_clips  # noqa: E402
+from pipeline.decode.clips import plan_clips  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.decode import probe_video  # noqa: E402
 from pipeline.decode.transforms import resized_shape  # noqa: E402

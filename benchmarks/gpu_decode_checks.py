@@ -179,7 +179,7 @@ def cpu_decode(ctx) -> dict:
 
 def sampled_indices(video: str) -> list[int]:
     """The frame indices the default sampling (1/32 at 30 fps) decodes from `video`."""
-    from pipeline.plan.clips import plan_clips
+    from pipeline.decode.clips import plan_clips
     from pipeline.config import Config
     from pipeline.decode import probe_video
 

@@ -7,7 +7,7 @@
 #    refuses, is skipped and recorded in $OUT/wheels.json; the model sections need none of them);
 # 2. runs benchmarks/gpu_check.py with a budget of BUDGET_S seconds (its watchdog ends it GRACE_S = 30 s
 #    past the budget, and `timeout` is the backstop);
-# 3. runs the CUDA parity tests of the speed-ups (tests/test_accel.py), at most TESTS_S seconds.
+# 3. runs the CUDA parity tests of the speed-ups (tests/model/test_accel.py), at most TESTS_S seconds.
 # Install (~10 s) + 210 + 30 + 60 s: under 5.5 minutes, so a machine start (1–2 min) and one rerun fit in
 # the 15 device minutes. Everything, logs included, lands in $OUT (or in the folder given as $1).
 set -u
@@ -26,5 +26,5 @@ timeout -k 10 $((BUDGET_S + 45)) python3 benchmarks/gpu_check.py "$OUT" --budget
     2>&1 | tee "$OUT/gpu_check.log"
 echo "gpu_run: gpu_check exit ${PIPESTATUS[0]}"
 # shellcheck disable=SC2086
-timeout -k 5 "$TESTS_S" python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_accel.py} 2>&1 | tee "$OUT/tests.log"
+timeout -k 5 "$TESTS_S" python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/model/test_accel.py} 2>&1 | tee "$OUT/tests.log"
 echo "gpu_run: tests exit ${PIPESTATUS[0]}"

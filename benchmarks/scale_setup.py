@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.store import segments
 from pipeline.store.commit import write_part
 from pipeline.store.ledger import Ledger
-from pipeline.plan.samples import write_index_video
+from pipeline.synthetic.samples import write_index_video
 from pipeline.store.publish import publish_bytes
 
 PROV = {"checkpoint_sha256": "bench", "preset": "tiny", "sampling": "4x8@30fps", "preprocessing": "p",

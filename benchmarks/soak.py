@@ -21,9 +21,9 @@ import tempfile
 import time
 
 from pipeline.corpus import read_corpus
-from pipeline.read.features import read_table
+from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
-from pipeline.plan.samples import write_index_video, write_random_bytes
+from pipeline.synthetic.samples import write_index_video, write_random_bytes
 from pipeline.read.verify import verify
 
 

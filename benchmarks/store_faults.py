@@ -39,7 +39,7 @@ sys.path[:0] = [os.path.join(ROOT, "benchmarks"), os.path.join(ROOT, "tests"), R
 from faultproxy import FaultProxy  # noqa: E402
 from measure import moto_s3  # noqa: E402
 
-from pipeline.plan.samples import write_index_video  # noqa: E402
+from pipeline.synthetic.samples import write_index_video  # noqa: E402
 
 DELAY_S = 0.025
 SCHEDULES = {"throttle": [("slowdown", 1.0), ("pass", 4.0)],

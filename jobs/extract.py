@@ -16,4 +16,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(["extract", *sys.argv[1:]])         # leaves with the code (pipeline.exits.exit_now)
+    run_cli(["extract", *sys.argv[1:]])         # leaves with the code (pipeline.cli.exits.exit_now)

@@ -3,7 +3,7 @@
     python -m jobs.train_probe OUT --labels labels.csv [--epochs N] [--seed S] [--test-fraction F]
 
 Joins the committed videos of OUT with a labels file (csv `video_id,label`; see
-`pipeline.read.features.read_labels`), splits them per class with a seeded shuffle, standardises the
+`pipeline.read.task_dataset.read_labels`), splits them per class with a seeded shuffle, standardises the
 embeddings with the training set's mean and std, fits a logistic regression (one linear layer, softmax
 cross-entropy, Adam, mini-batches in a seeded order) and prints JSON: train and test accuracy, chance
 level (1 / classes) and the majority baseline (the most frequent training class, scored on the test set).
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError, VidfeatError
-from pipeline.read.features import SOURCES, load_videos, read_labels
+from pipeline.read.features import SOURCES, load_videos
+from pipeline.read.task_dataset import read_labels
 
 log = logging.getLogger(__name__)
 

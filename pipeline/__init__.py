@@ -1,8 +1,9 @@
 """vidfeat: long-video TimeSformer feature extraction on Ray (see docs/ARCHITECTURE.md for the map).
 
 The package is laid out by role: `run` (the Ray run), `decode` (videos to clips), `model` (the network),
-`store` (the output and its commit protocol), `read` (readers of an output), `report` (the HTML report)
-and `plan` (clip plans, sample videos); config, corpus, errors and the CLI live at the top. The public
+`store` (the output and its commit protocol), `read` (readers of an output), `report` (the HTML report),
+`synthetic` (the sample videos it makes) and `cli` (the command line, on top of them all); what every role
+shares (config, presets, corpus, errors, storage, faults, text) lives at the top. The public
 API is importable from here, loaded on first use so that `import pipeline` stays light:
 
     from pipeline import Config, run_extract, decode_clips, load_timesformer
@@ -11,8 +12,6 @@ API is importable from here, loaded on first use so that `import pipeline` stays
 from __future__ import annotations
 
 import importlib
-
-from pipeline import _moved
 
 __version__ = "0.1.0"
 
@@ -23,7 +22,6 @@ _WHERE = {
     "TaskDataset": "pipeline.read.task_dataset",
 }
 __all__ = sorted(_WHERE)
-_moved.install()
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from pipeline.config import Config
-from pipeline.plan.samples import write_index_video, write_random_bytes
+from pipeline.synthetic.samples import write_index_video, write_random_bytes
 
 # Token authentication (Ray's default) with a token made for this test session: `ray start`, drivers
 # and `ray job submit` all read RAY_AUTH_TOKEN, so a fresh machine needs no ~/.ray/auth_token.

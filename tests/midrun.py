@@ -22,7 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from pipeline.plan.samples import write_index_video
+from pipeline.synthetic.samples import write_index_video
 from pipeline.store.ledger import Ledger
 
 from conftest import ray_env

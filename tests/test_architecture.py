@@ -1,5 +1,5 @@
-"""The layering holds: import-linter's contracts (pyproject.toml, [tool.importlinter]) are kept, the old
-module names still import as the moved modules, and the public API is importable from `pipeline`."""
+"""The layering holds: import-linter's contracts (pyproject.toml, [tool.importlinter]) are kept, each module
+has one name (the old flat names are gone), and the public API is importable from `pipeline`."""
 from __future__ import annotations
 
 import importlib
@@ -9,6 +9,11 @@ import subprocess
 import sys
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:                     # Python 3.10: import-linter's own TOML reader
+    import tomli as tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,14 +25,32 @@ def test_import_contracts_are_kept():
     assert "0 broken" in proc.stdout and "kept" in proc.stdout
 
 
-@pytest.mark.parametrize("old, new", [("pipeline.ledger", "pipeline.store.ledger"),
-                                      ("pipeline.compact", "pipeline.store.compaction"),
-                                      ("pipeline.sinks.publish", "pipeline.store.publish"),
-                                      ("pipeline.features", "pipeline.read.features"),
-                                      ("pipeline.probe", "pipeline.decode.inspect"),
-                                      ("pipeline.model.presets", "pipeline.presets")])
-def test_moved_modules_keep_their_old_names(old, new):
-    assert importlib.import_module(old) is importlib.import_module(new)
+def top_level() -> set[str]:
+    """`pipeline.<name>` for every module and package at the top of the package."""
+    top = os.path.join(ROOT, "pipeline")
+    return {f"pipeline.{name.removesuffix('.py')}" for name in os.listdir(top)
+            if (name.endswith(".py") and not name.startswith("__"))
+            or os.path.isfile(os.path.join(top, name, "__init__.py"))}
+
+
+@pytest.mark.parametrize("top, name_start", [("pipeline.cli", "Nothing below the command line"),
+                                             ("pipeline.report", "Nothing but the command line")])
+def test_the_top_layers_are_guarded_from_every_module_below(top, name_start):
+    """The contracts that keep the command line (and the report) on top name every other top-level module
+    and package as a source, so a module added later cannot import them unnoticed."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        contracts = tomllib.load(fh)["tool"]["importlinter"]["contracts"]
+    contract, = (c for c in contracts if c["name"].startswith(name_start))
+    above = {"pipeline.cli", top}
+    assert set(contract["source_modules"]) == top_level() - above
+    assert contract["forbidden_modules"] == [top]
+
+
+@pytest.mark.parametrize("old", ["pipeline.ledger", "pipeline.compact", "pipeline.sinks.publish",
+                                 "pipeline.features", "pipeline.probe", "pipeline.model.presets"])
+def test_a_module_has_one_name(old):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
 def test_the_public_api_is_importable_from_the_package():

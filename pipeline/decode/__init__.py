@@ -9,7 +9,7 @@ a sample needs them, and at most a few clips are in flight.
 
 How it works, for one video:
 1. `probe_video` demuxes every packet (no decoding) to get the exact presentation timestamps, which
-   gives the frame count and VFR support; `pipeline.plan.clips.plan_clips` turns them into the plan.
+   gives the frame count and VFR support; `pipeline.decode.clips.plan_clips` turns them into the plan.
 2. PyAV decodes in one forward pass. Mode "exact" (selective) lets the decoder skip every
    non-reference frame except the ones the plan needs, so it returns exactly the planned frames for
    about the cost of decoding reference frames only. Mode "fast" skips all non-reference frames and
@@ -28,7 +28,7 @@ How it works, for one video:
    `DecodeError(kind="timeout")`.
 Remote inputs (any fsspec URL) are spooled to a local temporary file first, and always removed.
 
-Modules, one concept each: `source` (local copy, opening with typed errors), `probing` (the packet scan),
+Modules, one concept each: `clips` (the clip plan: pure, no I/O), `source` (local copy, opening with typed errors), `probing` (the packet scan),
 `restarts` (restart points, NAL parsing), `pyav` (the PyAV passes and the GOP filter), `assembly` (frames
 into clips), `decord_backend`, `worker` (the watchdog worker).
 """
@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, ContextManager, Iterator
 
-from pipeline.plan.clips import plan_clips
+from pipeline.decode.clips import plan_clips
 from pipeline.config import Config, DecodeConfig
 from pipeline.decode.assembly import Clip, upright
 from pipeline.decode.decord_backend import decord_clips

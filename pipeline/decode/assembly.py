@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.decode import bilinear
-from pipeline.plan.clips import ClipSpec
+from pipeline.decode.clips import ClipSpec
 from pipeline.config import Config
 from pipeline.decode.transforms import FRAME_DTYPES, crop_offsets, resized_shape
 
@@ -24,7 +24,7 @@ class Clip:
                    (0…255, unrounded) when preprocess.frame_dtype is "float32".
     frame_indices: source frame used for each sample (may differ from the plan by ≤ max_snap in fast
                    mode, or where a frame could not be decoded).
-    sample_times, start_s, end_s, valid_frames: as in `pipeline.plan.clips.ClipSpec` (seconds).
+    sample_times, start_s, end_s, valid_frames: as in `pipeline.decode.clips.ClipSpec` (seconds).
     """
 
     video: str

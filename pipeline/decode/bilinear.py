@@ -12,7 +12,7 @@ every step rounded to float32. Numpy has no fused multiply-add, so `resize` comp
 separably in float32 (at most 1.1e-4 from torch's: see `_MARGIN`), rounds it, and recomputes exactly
 (extended precision, one float32 rounding per step, as an FMA does) only the values that lie within
 `_MARGIN` of a rounding boundary: about 0.06% of them. The result equals torch's on every pixel
-(tests/test_transforms.py checks it against torch itself, over many sizes).
+(tests/decode/test_transforms.py checks it against torch itself, over many sizes).
 
 Frames are uint8 [H, W, C], RGB in the first three channels (C = 3, or 4 with the fourth ignored:
 PyAV converts to RGBA as cheaply as to RGB, and 16-byte pixels gather fast). Plans (indices, weights,

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import torch
 
 from pipeline.errors import CheckpointError
-from pipeline.model.checkpoint_diagnosis import SHOWN, diagnose, is_zip, some  # noqa: F401 - SHOWN re-exported
-from pipeline.model.checkpoint_keys import infer_arch, to_timesformer_keys, unwrap_state_dict  # noqa: F401
+from pipeline.model.checkpoint_diagnosis import diagnose, is_zip, some
+from pipeline.model.checkpoint_keys import infer_arch, to_timesformer_keys, unwrap_state_dict
 from pipeline.presets import get_preset
 from pipeline.model.timesformer import TimeSformer, resize_pos_embed, resize_time_embed
 

@@ -11,12 +11,12 @@ read until used; writing to them never touches the file). Remote HDF5 parts are 
     videos = load_videos(OUT)                          # ids, uris, embedding float32 [N, D]
     clips = load_clips(OUT, source="hdf5")             # ids, offset [N+1], embedding float32 [M, D]
 
-Task-recognition training (`TaskDataset`, `collate`, `read_labels`) lives in pipeline/read/task_dataset.py and
-is importable from here too.
+Task-recognition training (`TaskDataset`, `collate`, `read_labels`) lives in pipeline/read/task_dataset.py;
+listing and opening the committed files (`part_urls`, `read_table`, `h5_parts`, `consistent`) in
+pipeline/read/parts.py.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,26 +28,15 @@ import pyarrow.compute as pc
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.read.parts import (H5Part, consistent, float_matrix, h5_parts,  # noqa: F401
-                                 iter_tables, part_urls, read_table)   # F401: re-exported, the readers' API
+from pipeline.read.parts import H5Part, consistent, float_matrix, h5_parts, iter_tables, read_table
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("parquet", "hdf5")
 VIDEO_FIELDS = ("embedding", "logits", "probs")
 CLIP_FIELDS = ("embedding", "logits")
-_TASK_NAMES = ("Labels", "TaskDataset", "collate", "read_labels")      # in pipeline/read/task_dataset.py
-__all__ = ["SOURCES", "VIDEO_FIELDS", "CLIP_FIELDS", "consistent", "part_urls", "iter_tables", "read_table",
-           "video_embeddings", "float_matrix", "VideoFeatures", "ClipFeatures", "load_videos", "load_clips",
-           "lookup_videos", "H5Part", "h5_parts", *_TASK_NAMES]
-
-
-def __getattr__(name: str):
-    """`from pipeline.read.features import TaskDataset, collate, read_labels, Labels` keeps working: those
-    live in pipeline/read/task_dataset.py (imported on first use: it imports this module)."""
-    if name in _TASK_NAMES:                 # by name, not an import statement: no import cycle
-        return getattr(importlib.import_module("pipeline.read.task_dataset"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["SOURCES", "VIDEO_FIELDS", "CLIP_FIELDS", "video_embeddings", "VideoFeatures", "ClipFeatures",
+           "load_videos", "load_clips", "lookup_videos"]
 
 
 def video_embeddings(out: str, source: str = "parquet") -> tuple[list[str], np.ndarray]:

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.read.features import VideoFeatures, consistent, float_matrix, iter_tables, lookup_videos
+from pipeline.read.features import VideoFeatures, lookup_videos
+from pipeline.read.parts import consistent, float_matrix, iter_tables
 from pipeline.read.search import Hits, VideoIndex
 
 

@@ -11,7 +11,7 @@ exact (the ranking of a full matmul, ties aside) with memory O(query_batch × ch
 Class names: the logits of HowTo100M's 1059 classes have no published names, so classes are indexed by
 number; a csv `class_index,name` gives names where one exists (`read_class_names`, `top_classes`).
 
-CLI (wired by pipeline/cli.py): `vidfeat search OUT --video-id ID [--top K] [--classes FILE] [--json]`
+CLI (wired by pipeline/cli/entry.py): `vidfeat search OUT --video-id ID [--top K] [--classes FILE] [--json]`
 or `--query-file FILE` (.npy of [Q, D] embeddings, or a text file of video ids, one per line).
 """
 from __future__ import annotations

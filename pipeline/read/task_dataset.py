@@ -2,8 +2,6 @@
 
     ds = TaskDataset(OUT, "labels.csv")                # clip sequences + video embedding + class index
     loader = DataLoader(ds, batch_size=32, collate_fn=collate)
-
-(Also importable from `pipeline.read.features`, where they lived first.)
 """
 from __future__ import annotations
 
@@ -17,7 +15,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.read.features import SOURCES, h5_parts, load_clips, load_videos
+from pipeline.read.features import SOURCES, load_clips, load_videos
+from pipeline.read.parts import h5_parts
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,3 @@ video thumbnails it shows (`thumbnails`, through the decode package's `open_vide
 
 May import: `read`, `store`, `decode` (thumbnails), config, errors, text. Nothing imports the report.
 """
-from __future__ import annotations
-
-import importlib
-
-
-def __getattr__(name: str):
-    """The page's names (`write_report`, `gather`, …) from the package, as before it was one."""
-    return getattr(importlib.import_module("pipeline.report.page"), name)

@@ -23,7 +23,8 @@ import numpy as np
 
 from pipeline.report import svg
 from pipeline.errors import ConfigError
-from pipeline.read.features import lookup_videos, read_table
+from pipeline.read.features import lookup_videos
+from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
 from pipeline.text import printable
 from pipeline.read.neighbours import nearest_to

@@ -6,6 +6,6 @@ clips, or a failure row); `infer` the GPU stage (`ClipEmbedder`, with `upload` f
 `results` the shape of a result row; `collector` gathers a video's clip rows until it is complete, and
 `aggregate` averages them into the video row; `ray_reaper` ends an embedded Ray when its driver dies.
 
-May import: everything below it (`decode`, `model`, `store`, `plan`, config, corpus, errors), and Ray.
+May import: everything below it (`decode`, `model`, `store`, config, corpus, errors), and Ray.
 Never the console: progress leaves a run through a listener (`runner.RunListener`) that the CLI supplies.
 """

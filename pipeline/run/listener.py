@@ -1,7 +1,7 @@
 """What a run tells whoever watches it: started, a clip done, a video done, finished.
 
 The run core never writes to the console: it calls a `RunListener`. The CLI's listener
-(`pipeline.console.ConsoleListener`) prints the announcement and draws the progress line; the default,
+(`pipeline.cli.console.ConsoleListener`) prints the announcement and draws the progress line; the default,
 for a run started from Python, logs a line now and then through `logging`.
 """
 from __future__ import annotations
