@@ -1,0 +1,151 @@
+"""`vidfeat search`: the command's arguments and output, and class names for its hits.
+
+Class names: the logits of HowTo100M's 1059 classes have no published names, so classes are indexed by
+number; a csv `class_index,name` gives names where one exists (`read_class_names`, `top_classes`).
+
+`vidfeat search OUT --video-id ID [--top K] [--classes FILE] [--json] [--exact]` or `--query-file FILE`
+(.npy of [Q, D] embeddings, or a text file of video ids, one per line). The search uses the output's
+index when it covers the output (pipeline/index), else searches exactly; a line on stderr (and `how` in
+the JSON) says which and why.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.read.features import SOURCES, lookup_videos
+from pipeline.read.search import Hits, VideoIndex
+from pipeline.text import printable
+
+
+# ====================================================================== classes
+
+def read_class_names(path: str) -> dict[int, str]:
+    """csv `class_index,name` (a header row is optional; local path or fsspec URL) → {index: name}.
+    Classes the file does not name stay unnamed (HowTo100M's 1059 classes have no published names)."""
+    import fsspec
+
+    names = {}
+    with fsspec.open(path, "r", newline="") as fh:
+        for n, row in enumerate(csv.reader(fh)):
+            if not row or (n == 0 and not row[0].strip().lstrip("-").isdigit()):
+                continue
+            if len(row) < 2 or not row[0].strip().isdigit():
+                raise ConfigError(f"{path}, line {n + 1}: expected 'class_index,name', got {row}")
+            names[int(row[0])] = ",".join(row[1:]).strip()          # an unquoted comma stays in the name
+    return names
+
+
+def rank_classes(probs: np.ndarray, k: int = 5, class_names: dict[int, str] | None = None) -> list[dict]:
+    """probs float [C] → the k most probable classes, best first: [{"class_index", "name", "prob"}]
+    (name is None where `class_names` has none)."""
+    top = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    names = class_names or {}
+    return [{"class_index": int(c), "name": names.get(int(c)), "prob": float(probs[c])} for c in top]
+
+
+def top_classes(out: str, video_id: str, k: int = 5, class_names: dict[int, str] | str | None = None) -> list[dict]:
+    """The k most probable classes of a committed video (mean of its clips' softmax, `probs`), see
+    rank_classes; `class_names` is a {index: name} dict or a csv path (read_class_names)."""
+    if isinstance(class_names, str):
+        class_names = read_class_names(class_names)
+    return rank_classes(lookup_videos(out, [video_id], ("probs",)).probs[0], k, class_names)
+
+
+# ====================================================================== CLI
+
+def add_search_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments of `vidfeat search`."""
+    ap.add_argument("out", help="output directory (local path or fsspec URL)")
+    query = ap.add_mutually_exclusive_group(required=True)
+    query.add_argument("--video-id", action="append", metavar="ID",
+                       help="a committed video to find neighbours of (repeatable); it is left out of its own hits")
+    query.add_argument("--query-file", metavar="FILE",
+                       help=".npy of float [Q, D] query embeddings, or a text file of video ids, one per line")
+    ap.add_argument("--top", type=int, default=10, metavar="K", help="neighbours per query (default 10)")
+    ap.add_argument("--classes", metavar="FILE",
+                    help="csv class_index,name: also print each hit's most probable classes (named where it can)")
+    ap.add_argument("--top-classes", type=int, default=3, metavar="N",
+                    help="classes per hit with --classes (default 3)")
+    ap.add_argument("--source", choices=SOURCES, default="parquet", help="read Parquet or HDF5 parts")
+    ap.add_argument("--exact", action="store_true", help="search exactly even where an index covers the output")
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """`vidfeat search`: print each query's nearest committed videos (id, cosine score, uri)."""
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
+    index = VideoIndex.from_output(args.out, source=args.source, exact=args.exact)
+    print(f"search: {printable(index.how)}", file=sys.stderr)
+    labels, hits = _run_queries(index, args)
+    report = [{"query": q, "hits": _hit_rows(hits, i)} for i, q in enumerate(labels)]
+    if args.classes:
+        _add_classes(report, args.out, read_class_names(args.classes), args.top_classes)
+    print(json.dumps({"out": args.out, "videos": len(index.row), "how": index.how, "queries": report}, indent=2)
+          if args.json else _format(report))
+    return 0
+
+
+def _run_queries(index: VideoIndex, args: argparse.Namespace) -> tuple[list[str], Hits]:
+    """(a label per query, hits): by video ids (--video-id, or a text query file), or by embeddings."""
+    if args.video_id:
+        return args.video_id, index.search_ids(args.video_id, args.top)
+    if args.query_file.endswith(".npy"):
+        vectors = load_query_vectors(args.query_file)
+        return [f"#{i}" for i in range(len(vectors))], index.search(vectors, args.top)
+    ids = read_query_ids(args.query_file)
+    return ids, index.search_ids(ids, args.top)
+
+
+def load_query_vectors(path: str) -> np.ndarray:
+    """A .npy file (local or fsspec URL) of float [Q, D] or [D] → float32 [Q, D]."""
+    import fsspec
+
+    with fsspec.open(path, "rb") as fh:
+        vectors = np.load(fh, allow_pickle=False)
+    if vectors.ndim not in (1, 2) or vectors.dtype.kind not in "fiu":
+        raise ConfigError(f"{path}: expected numbers shaped [Q, D] or [D], got {vectors.dtype} {vectors.shape}")
+    return np.atleast_2d(vectors).astype(np.float32)
+
+
+def read_query_ids(path: str) -> list[str]:
+    """A text file of video ids, one per line (blank lines skipped) → the ids."""
+    import fsspec
+
+    with fsspec.open(path, "r") as fh:
+        ids = [line.strip() for line in fh if line.strip()]
+    if not ids:
+        raise ConfigError(f"{path}: no video ids in the query file")
+    return ids
+
+
+def _hit_rows(hits: Hits, q: int) -> list[dict]:
+    return [{"rank": j + 1, "video_id": vid, "score": float(hits.scores[q, j]), "uri": hits.uris[q][j]}
+            for j, vid in enumerate(hits.ids[q])]
+
+
+def _add_classes(report: list[dict], out: str, names: dict[int, str], k: int) -> None:
+    ids = list(dict.fromkeys(h["video_id"] for q in report for h in q["hits"]))
+    probs = lookup_videos(out, ids, ("probs",)).probs if ids else np.zeros((0, 0), np.float32)
+    row = {vid: i for i, vid in enumerate(ids)}
+    for q in report:
+        for h in q["hits"]:
+            h["classes"] = rank_classes(probs[row[h["video_id"]]], k, names)
+
+
+def _format(report: list[dict]) -> str:
+    lines = []
+    for q in report:
+        lines.append(f"query {q['query']}:")
+        for h in q["hits"]:
+            lines.append(f"  {h['rank']:3d}  {h['score']:+.4f}  {h['video_id']}  {h['uri']}")
+            if "classes" in h:
+                lines.append("        classes: " + " | ".join(
+                    f"{c['class_index']}{' ' + c['name'] if c['name'] else ''} {c['prob']:.3f}" for c in h["classes"]))
+    return "\n".join(printable(line) for line in lines)         # ids, uris and class names are data
