@@ -227,3 +227,11 @@ def test_a_run_extends_the_index_in_its_upkeep(output, data):
     assert summary.upkeep_error is None
     assert [(r["kind"], r["action"], r["added"]) for r in summary.indexes] == [("videos", "extended", 30)]
     assert VideoIndex.from_output(out).approximate is not None
+
+
+def test_the_report_gallery_goes_through_the_same_index(output):
+    from pipeline.read.neighbours import nearest_videos
+
+    out, ids = output
+    through, direct = nearest_videos(out, ids[:5], k=5), VideoIndex.from_output(out).search_ids(ids[:5], 5)
+    assert through.ids == direct.ids and np.array_equal(through.indices, direct.indices)

@@ -101,8 +101,8 @@ def add_vectors(index, vectors: np.ndarray) -> None:
 
 
 class ExactVectors:
-    """The exact unit vectors [N, D] (float32 or float16; an array or a read-only memmap), read only to
-    re-rank: `score(queries, rows)` → float32 cosines [Q, R] (rows -1 score -inf)."""
+    """The exact unit vectors [N, D] (float32 or float16; an array, a read-only memmap, or chunks of them),
+    read only to re-rank: `score(queries, rows)` → float32 cosines [Q, R] (rows -1 score -inf)."""
 
     def __init__(self, vectors: np.ndarray):
         self.vectors = vectors
@@ -111,24 +111,33 @@ class ExactVectors:
         return len(self.vectors)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        """float32 [len(rows), D] of the given rows, read in increasing order (pages of a memmap)."""
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), self.vectors.shape[1]), np.float32)
-        out[order] = self.vectors[rows[order]]
-        return out
+        """float32 [len(rows), D] of the given rows."""
+        return np.asarray(self.vectors[np.asarray(rows, np.int64)], np.float32)
 
     def score(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Cosines float32 [Q, R] of unit queries [Q, D] with their candidate `rows` int64 [Q, R]; a few
-        queries at a time, so the gathered vectors stay in cache (a whole batch's would be gigabytes)."""
-        scores = np.full(rows.shape, -np.inf, np.float32)
+        """Cosines of unit queries float32 [Q, D] with their candidate `rows` int64 [Q, R]. Many queries
+        over one float32 array: FAISS's `fvec_inner_products_by_idx` (threaded, no gathered copy); else a
+        few queries at a time through numpy, so the gathered vectors stay in cache."""
+        if len(queries) >= SCORE_QUERIES and isinstance(self.vectors, np.ndarray) and self.vectors.dtype == np.float32:
+            return _faiss_scores(self.vectors, queries, rows)
+        scores = np.empty(rows.shape, np.float32)
         for start in range(0, len(rows), SCORE_QUERIES):
             r = rows[start:start + SCORE_QUERIES]
-            found = r >= 0
-            gathered = np.zeros((*r.shape, self.vectors.shape[1]), np.float32)
-            gathered[found] = self.rows(r[found])
-            block = np.matmul(gathered, queries[start:start + SCORE_QUERIES, :, None])[..., 0]
-            scores[start:start + SCORE_QUERIES] = np.where(found, block, -np.inf)
+            gathered = self.rows(np.maximum(r, 0).reshape(-1)).reshape(*r.shape, -1)
+            scores[start:start + SCORE_QUERIES] = np.matmul(gathered, queries[start:start + SCORE_QUERIES, :, None])[..., 0]
+        scores[rows < 0] = -np.inf
         return scores
+
+
+def _faiss_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    import faiss
+
+    vectors, queries = np.ascontiguousarray(vectors), np.ascontiguousarray(queries, np.float32)
+    rows, scores = np.ascontiguousarray(rows, np.int64), np.empty(rows.shape, np.float32)
+    faiss.fvec_inner_products_by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(queries), faiss.swig_ptr(vectors),
+                                     faiss.swig_ptr(rows), vectors.shape[1], len(queries), rows.shape[1])
+    scores[rows < 0] = -np.inf
+    return scores
 
 
 def search_ann(index, params: AnnParams, queries: np.ndarray, k: int, *, exact: ExactVectors,
