@@ -13,7 +13,6 @@ from pipeline.cli import main
 from pipeline.index.ann import AnnParams, choose_params, set_threads
 from pipeline.index.build import build_index, refresh_index
 from pipeline.index.published import read_manifest
-from pipeline.index.searcher import open_index
 from pipeline.index.synthetic import clustered
 from pipeline.read.search import VideoIndex
 from pipeline.store.ledger import Ledger

@@ -12,9 +12,13 @@ Exact: the index L2-normalises its N rows once. A search normalises a batch of q
 index `chunk_rows` rows at a time, keeps each chunk's top k (`torch.topk`) and then the top k of those:
 exact (the ranking of a full matmul, ties aside) with memory O(query_batch × chunk_rows) whatever N.
 Approximate hits have exact cosine scores; `indices` are then rows of the index. The CLI: search_cli.py.
+
+Class names: the logits of HowTo100M's 1059 classes have no published names, so classes are indexed by
+number; a csv `class_index,name` gives names where one exists (`read_class_names`, `top_classes`).
 """
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.read.features import VideoFeatures, load_videos
+from pipeline.read.features import VideoFeatures, load_videos, lookup_videos
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +207,37 @@ def _normalised(embeddings, device: torch.device) -> torch.Tensor:
     if x.ndim != 2:
         raise ConfigError(f"embeddings must be [N, D], got shape {tuple(x.shape)}")
     return F.normalize(x.to(device=device, dtype=torch.float32), dim=1)
+
+
+# ====================================================================== classes
+
+def read_class_names(path: str) -> dict[int, str]:
+    """csv `class_index,name` (a header row is optional; local path or fsspec URL) → {index: name}.
+    Classes the file does not name stay unnamed (HowTo100M's 1059 classes have no published names)."""
+    import fsspec
+
+    names = {}
+    with fsspec.open(path, "r", newline="") as fh:
+        for n, row in enumerate(csv.reader(fh)):
+            if not row or (n == 0 and not row[0].strip().lstrip("-").isdigit()):
+                continue
+            if len(row) < 2 or not row[0].strip().isdigit():
+                raise ConfigError(f"{path}, line {n + 1}: expected 'class_index,name', got {row}")
+            names[int(row[0])] = ",".join(row[1:]).strip()          # an unquoted comma stays in the name
+    return names
+
+
+def rank_classes(probs: np.ndarray, k: int = 5, class_names: dict[int, str] | None = None) -> list[dict]:
+    """probs float [C] → the k most probable classes, best first: [{"class_index", "name", "prob"}]
+    (name is None where `class_names` has none)."""
+    top = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    names = class_names or {}
+    return [{"class_index": int(c), "name": names.get(int(c)), "prob": float(probs[c])} for c in top]
+
+
+def top_classes(out: str, video_id: str, k: int = 5, class_names: dict[int, str] | str | None = None) -> list[dict]:
+    """The k most probable classes of a committed video (mean of its clips' softmax, `probs`), see
+    rank_classes; `class_names` is a {index: name} dict or a csv path (read_class_names)."""
+    if isinstance(class_names, str):
+        class_names = read_class_names(class_names)
+    return rank_classes(lookup_videos(out, [video_id], ("probs",)).probs[0], k, class_names)

@@ -1,7 +1,4 @@
-"""`vidfeat search`: the command's arguments and output, and class names for its hits.
-
-Class names: the logits of HowTo100M's 1059 classes have no published names, so classes are indexed by
-number; a csv `class_index,name` gives names where one exists (`read_class_names`, `top_classes`).
+"""`vidfeat search`: the command's arguments and what it prints (class names of the hits: search.py).
 
 `vidfeat search OUT --video-id ID [--top K] [--classes FILE] [--json] [--exact]` or `--query-file FILE`
 (.npy of [Q, D] embeddings, or a text file of video ids, one per line). The search uses the output's
@@ -11,7 +8,6 @@ the JSON) says which and why.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 
@@ -19,42 +15,8 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.read.features import SOURCES, lookup_videos
-from pipeline.read.search import Hits, VideoIndex
+from pipeline.read.search import Hits, VideoIndex, rank_classes, read_class_names
 from pipeline.text import printable
-
-
-# ====================================================================== classes
-
-def read_class_names(path: str) -> dict[int, str]:
-    """csv `class_index,name` (a header row is optional; local path or fsspec URL) → {index: name}.
-    Classes the file does not name stay unnamed (HowTo100M's 1059 classes have no published names)."""
-    import fsspec
-
-    names = {}
-    with fsspec.open(path, "r", newline="") as fh:
-        for n, row in enumerate(csv.reader(fh)):
-            if not row or (n == 0 and not row[0].strip().lstrip("-").isdigit()):
-                continue
-            if len(row) < 2 or not row[0].strip().isdigit():
-                raise ConfigError(f"{path}, line {n + 1}: expected 'class_index,name', got {row}")
-            names[int(row[0])] = ",".join(row[1:]).strip()          # an unquoted comma stays in the name
-    return names
-
-
-def rank_classes(probs: np.ndarray, k: int = 5, class_names: dict[int, str] | None = None) -> list[dict]:
-    """probs float [C] → the k most probable classes, best first: [{"class_index", "name", "prob"}]
-    (name is None where `class_names` has none)."""
-    top = np.argsort(-np.asarray(probs), kind="stable")[:k]
-    names = class_names or {}
-    return [{"class_index": int(c), "name": names.get(int(c)), "prob": float(probs[c])} for c in top]
-
-
-def top_classes(out: str, video_id: str, k: int = 5, class_names: dict[int, str] | str | None = None) -> list[dict]:
-    """The k most probable classes of a committed video (mean of its clips' softmax, `probs`), see
-    rank_classes; `class_names` is a {index: name} dict or a csv path (read_class_names)."""
-    if isinstance(class_names, str):
-        class_names = read_class_names(class_names)
-    return rank_classes(lookup_videos(out, [video_id], ("probs",)).probs[0], k, class_names)
 
 
 # ====================================================================== CLI
