@@ -234,3 +234,21 @@ def test_the_report_gallery_goes_through_the_same_index(output):
     out, ids = output
     through, direct = nearest_videos(out, ids[:5], k=5), VideoIndex.from_output(out).search_ids(ids[:5], 5)
     assert through.ids == direct.ids and np.array_equal(through.indices, direct.indices)
+
+
+def test_a_reader_that_meets_a_replaced_generation_opens_the_newest(output, data, monkeypatch):
+    import pipeline.index.published as published
+
+    out, _ = output
+    old = read_manifest(Ledger(out), "videos")
+    commit(out, "part-x", ["x"], data.vectors[N:N + 1])
+    _refresh(out)                                        # the old generation's FAISS file is deleted
+    real, calls = published.read_manifest, []
+
+    def stale_first(ledger, kind):
+        calls.append(kind)
+        return old if len(calls) == 1 else real(ledger, kind)
+
+    monkeypatch.setattr(published, "read_manifest", stale_first)
+    opened = published.load_published(Ledger(out), "videos")
+    assert len(calls) == 2 and opened.manifest["generation"] > old["generation"] and opened.rows.num_rows == N + 1

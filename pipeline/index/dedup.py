@@ -91,6 +91,8 @@ def close_pairs(approx: Approximate, threshold: float, neighbours: int, batch: i
     found, saturated = [], 0
     for begin in range(0, len(approx), batch):
         rows = np.arange(begin, min(begin + batch, len(approx)))
+        if approx.hidden is not None:
+            rows = rows[~approx.hidden[rows]]              # a retired or redone video's old row asks nothing
         scores, hits = approx.search(approx.vectors(rows), neighbours, exclude=rows)
         close = (hits >= 0) & (scores >= 1 - threshold)
         saturated += int(close.all(axis=1).sum()) if neighbours else 0

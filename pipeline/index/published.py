@@ -97,6 +97,8 @@ def _open(ledger: Ledger, kind: str, manifest: dict) -> Published:
 
     path = lambda name: ledger.path(folder(kind), name)          # noqa: E731
     local = is_local(ledger.fs)
+    if local and not os.path.exists(path(manifest["faiss"])):    # FAISS would say RuntimeError
+        raise FileNotFoundError(path(manifest["faiss"]))
     ann = faiss.read_index(path(manifest["faiss"])) if local else faiss.deserialize_index(
         np.frombuffer(ledger.fs.cat_file(path(manifest["faiss"])), np.uint8))
     rows = pa.concat_tables([pq.read_table(path(c["rows"]) if local else io.BytesIO(ledger.fs.cat_file(path(c["rows"]))))
