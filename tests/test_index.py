@@ -74,12 +74,23 @@ def test_the_measured_choice_fits_the_memory_targets():
 def test_faiss_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     import faiss
 
+    from pipeline.index.ann import cpu_quota
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert set_threads() == len(os.sched_getaffinity(0)) == faiss.omp_get_max_threads()
+    assert set_threads() == min(len(os.sched_getaffinity(0)), cpu_quota()) == faiss.omp_get_max_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert set_threads() == 1 == faiss.omp_get_max_threads()
     monkeypatch.delenv("OMP_NUM_THREADS")
     set_threads()
+
+
+def test_a_cgroup_quota_caps_the_threads(tmp_path):
+    from pipeline.index.ann import cpu_quota
+
+    (tmp_path / "a").write_text("150000 100000\n")
+    (tmp_path / "b").write_text("max 100000\n")
+    assert cpu_quota(str(tmp_path / "a")) == 2
+    assert cpu_quota(str(tmp_path / "b")) == cpu_quota(str(tmp_path / "missing")) == os.cpu_count()
 
 
 def test_a_published_index_covers_the_output_and_agrees_with_exact_search(output):

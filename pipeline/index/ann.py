@@ -58,14 +58,24 @@ def choose_params(n: int, dim: int) -> AnnParams:
 
 
 def set_threads() -> int:
-    """Give FAISS (OpenMP) the CPUs this process may run on — its affinity, not the host's count — unless
-    OMP_NUM_THREADS says otherwise. Returns the number set."""
+    """Give FAISS (OpenMP) the CPUs this process may run on — its affinity and its cgroup's CPU quota,
+    not the host's count — unless OMP_NUM_THREADS says otherwise. Returns the number set."""
     import faiss
 
     wanted = os.environ.get("OMP_NUM_THREADS", "")
-    count = int(wanted) if wanted.isdigit() and int(wanted) > 0 else len(os.sched_getaffinity(0))
+    count = int(wanted) if wanted.isdigit() and int(wanted) > 0 else min(len(os.sched_getaffinity(0)), cpu_quota())
     faiss.omp_set_num_threads(count)
     return count
+
+
+def cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs the cgroup (v2) allows, rounded up: `cpu.max` holds "<quota> <period>" or "max <period>"."""
+    try:
+        with open(path) as fh:
+            quota, period = fh.read().split()[:2]
+        return max(1, math.ceil(int(quota) / int(period))) if quota != "max" else os.cpu_count() or 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
 
 
 def unit(vectors) -> np.ndarray:

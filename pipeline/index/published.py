@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.index.ann import AnnParams, ExactVectors
+from pipeline.index.ann import AnnParams, ExactVectors, set_threads
 from pipeline.storage import is_local
 from pipeline.store.ledger import Ledger
 from pipeline.store.publish import publish_bytes, publish_file
@@ -95,6 +95,7 @@ def load_published(ledger: Ledger, kind: str) -> Published | None:
 def _open(ledger: Ledger, kind: str, manifest: dict) -> Published:
     import faiss
 
+    set_threads()
     path = lambda name: ledger.path(folder(kind), name)          # noqa: E731
     local = is_local(ledger.fs)
     if local and not os.path.exists(path(manifest["faiss"])):    # FAISS would say RuntimeError
