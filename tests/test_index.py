@@ -263,3 +263,14 @@ def test_a_reader_that_meets_a_replaced_generation_opens_the_newest(output, data
     monkeypatch.setattr(published, "read_manifest", stale_first)
     opened = published.load_published(Ledger(out), "videos")
     assert len(calls) == 2 and opened.manifest["generation"] > old["generation"] and opened.rows.num_rows == N + 1
+
+
+def test_an_index_that_doubled_since_training_is_rebuilt_for_its_size(tmp_path, data):
+    out = str(tmp_path / "out")
+    commit_parts(out, data.vectors[:2000], per_part=1000)
+    build_index(out)
+    assert read_manifest(Ledger(out), "videos")["params"]["factory"] == "Flat"        # small: exact
+    commit_parts(out, data.vectors[2000:N], per_part=1500, first=2000)
+    report = _refresh(out)
+    assert (report.action, report.rows, report.added) == ("rebuilt", N, N)
+    assert read_manifest(Ledger(out), "videos")["params"]["factory"].startswith("IVF")

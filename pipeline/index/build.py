@@ -88,8 +88,9 @@ def refresh_index(ledger: Ledger, state: LedgerState, kind: str) -> IndexReport:
     trained = published.manifest.get("trained_rows", published.rows.num_rows)
     grown = (published.rows.num_rows + len(cover.lacking)) / max(trained, 1)      # clips: at least
     hidden = float(cover.hidden.mean()) if len(cover.hidden) else 0.0
-    if grown > REBUILD_GROWTH or hidden > REBUILD_HIDDEN:
-        return rebuild(ledger, state, kind, published.params, published.manifest["dtype"], action="rebuilt")
+    if grown > REBUILD_GROWTH or hidden > REBUILD_HIDDEN:         # grown: parameters chosen again for its size
+        params = None if grown > REBUILD_GROWTH else published.params
+        return rebuild(ledger, state, kind, params, published.manifest["dtype"], action="rebuilt")
     if cover.covers and published.segments == state.segments:
         return IndexReport(kind, "unchanged", published.rows.num_rows, 0, int(cover.hidden.sum()),
                            published.params.factory, time.perf_counter() - start, published.manifest["generation"])
