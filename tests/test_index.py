@@ -189,7 +189,7 @@ def test_a_killed_build_leaves_the_old_index_and_its_files_are_collected(output,
                            *(c[f] for c in new["chunks"] for f in ("rows", "vectors"))})
 
 
-def test_the_clip_index_finds_moments(output, data):
+def test_the_clip_index_finds_moments(output, data, capsys):
     from pipeline.read.moments import MomentIndex
 
     out, ids = output
@@ -199,6 +199,9 @@ def test_the_clip_index_finds_moments(output, data):
     hits = moments.search(data.vectors[3], 4)[0]
     assert {(h["video_id"], h["clip_index"], h["start_s"], h["end_s"]) for h in hits[:2]} == {
         (ids[3], 0, 0.0, 10.0), (ids[3], 1, 10.0, 20.0)}
+    assert main(["search", out, "--clips", "--video-id", ids[3], "--top", "2", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {(m["video_id"], m["clip_index"]) for m in printed["queries"][0]["moments"]} == {(ids[3], 0), (ids[3], 1)}
     exact = MomentIndex.from_output(out, exact=True)
     assert exact.how == "exact: asked for"
     assert [h["video_id"] for h in exact.search(data.vectors[3], 2)[0]] == [ids[3], ids[3]]

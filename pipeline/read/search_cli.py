@@ -36,6 +36,8 @@ def add_search_arguments(ap: argparse.ArgumentParser) -> None:
                     help="classes per hit with --classes (default 3)")
     ap.add_argument("--source", choices=SOURCES, default="parquet", help="read Parquet or HDF5 parts")
     ap.add_argument("--exact", action="store_true", help="search exactly even where an index covers the output")
+    ap.add_argument("--clips", action="store_true",
+                    help="find moments (video, clip, start-end s) among the clip embeddings, not videos")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -43,6 +45,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     """`vidfeat search`: print each query's nearest committed videos (id, cosine score, uri)."""
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
+    if args.clips:
+        return _search_moments(args)
     index = VideoIndex.from_output(args.out, source=args.source, exact=args.exact)
     print(f"search: {printable(index.how)}", file=sys.stderr)
     labels, hits = _run_queries(index, args)
@@ -51,6 +55,26 @@ def cmd_search(args: argparse.Namespace) -> int:
         _add_classes(report, args.out, read_class_names(args.classes), args.top_classes)
     print(json.dumps({"out": args.out, "videos": len(index.row), "how": index.how, "queries": report}, indent=2)
           if args.json else _format(report))
+    return 0
+
+
+def _search_moments(args: argparse.Namespace) -> int:
+    """`vidfeat search --clips`: each query's nearest moments; a video id queries with its video embedding."""
+    from pipeline.read.moments import MomentIndex
+
+    moments = MomentIndex.from_output(args.out, exact=args.exact)
+    print(f"search: {printable(moments.how)}", file=sys.stderr)
+    if args.video_id or not args.query_file.endswith(".npy"):
+        labels = args.video_id or read_query_ids(args.query_file)
+        vectors = lookup_videos(args.out, labels, ("embedding",)).embedding
+    else:
+        vectors = load_query_vectors(args.query_file)
+        labels = [f"#{i}" for i in range(len(vectors))]
+    report = [{"query": q, "moments": hits} for q, hits in zip(labels, moments.search(vectors, args.top))]
+    print(json.dumps({"out": args.out, "how": moments.how, "queries": report}, indent=2) if args.json else "\n".join(
+        printable(f"query {q['query']}:\n" + "\n".join(
+            f"  {m['score']:+.4f}  {m['video_id']}  clip {m['clip_index']}  {m['start_s']:.1f}-{m['end_s']:.1f} s"
+            for m in q["moments"])) for q in report))
     return 0
 
 
