@@ -31,7 +31,7 @@ class MomentIndex:
         approximate, how = open_index(out, "clips") if not exact else (None, "exact: asked for")
         if approximate is not None:
             clips = approximate.rows.select(list(MOMENT_COLUMNS))
-            return cls(clips, VideoIndex._over([""] * clips.num_rows, None, approximate, how))
+            return cls(clips, VideoIndex.from_approximate([""] * clips.num_rows, None, approximate, how))
         features = load_clips(out)
         counts = np.diff(features.offset)
         clips = pa.table({"video_id": np.repeat(np.array(features.ids, object), counts).tolist(),

@@ -71,10 +71,12 @@ class VideoIndex:
         `params` (an `AnnParams`) overrides the measured choice."""
         from pipeline.index.searcher import Approximate
 
-        return cls._over(ids, uris, Approximate.from_arrays(embeddings, params), "approximate: built from arrays")
+        approximate = Approximate.from_arrays(embeddings, params)
+        return cls.from_approximate(ids, uris, approximate, "approximate: built from arrays")
 
     @classmethod
-    def _over(cls, ids, uris, approximate, how: str) -> "VideoIndex":
+    def from_approximate(cls, ids, uris, approximate, how: str) -> "VideoIndex":
+        """A VideoIndex over a `pipeline.index.searcher.Approximate` (row i named ids[i], uris[i])."""
         self = cls.__new__(cls)
         self._name(ids, approximate.exact.vectors, uris, approximate.hidden)
         self.approximate, self.how, self.vectors = approximate, f"{how} ({approximate.describe()})", None
@@ -105,7 +107,8 @@ class VideoIndex:
         if approximate is None:
             return None, how
         rows = approximate.rows
-        return cls._over(rows.column("video_id").to_pylist(), rows.column("uri").to_pylist(), approximate, how), how
+        ids, uris = rows.column("video_id").to_pylist(), rows.column("uri").to_pylist()
+        return cls.from_approximate(ids, uris, approximate, how), how
 
     def __len__(self) -> int:
         return len(self.ids)
