@@ -67,7 +67,7 @@ def test_the_measured_choice_fits_the_memory_targets():
     for n, budget in ((1_000_000, 2**30 / 1_000_000), (5_000_000, 768)):
         params = choose_params(n, 768)
         assert params.factory.endswith(",PQ192x4fs")                # 96 bytes a vector
-        assert 96 + 8 <= budget, params                              # codes + a 64-bit id per vector                          # codes + a 64-bit id per vector
+        assert 96 + 8 <= budget, params                              # codes + a 64-bit id per vector
         assert params.rerank >= 10
 
 

@@ -135,7 +135,8 @@ class ExactVectors:
         for start in range(0, len(rows), SCORE_QUERIES):
             r = rows[start:start + SCORE_QUERIES]
             gathered = self.rows(np.maximum(r, 0).reshape(-1)).reshape(*r.shape, -1)
-            scores[start:start + SCORE_QUERIES] = np.matmul(gathered, queries[start:start + SCORE_QUERIES, :, None])[..., 0]
+            q = queries[start:start + SCORE_QUERIES, :, None]
+            scores[start:start + SCORE_QUERIES] = np.matmul(gathered, q)[..., 0]
         scores[rows < 0] = -np.inf
         return scores
 

@@ -102,8 +102,8 @@ def _open(ledger: Ledger, kind: str, manifest: dict) -> Published:
         raise FileNotFoundError(path(manifest["faiss"]))
     ann = faiss.read_index(path(manifest["faiss"])) if local else faiss.deserialize_index(
         np.frombuffer(ledger.fs.cat_file(path(manifest["faiss"])), np.uint8))
-    rows = pa.concat_tables([pq.read_table(path(c["rows"]) if local else io.BytesIO(ledger.fs.cat_file(path(c["rows"]))))
-                             for c in manifest["chunks"]])
+    read = (lambda name: path(name)) if local else (lambda name: io.BytesIO(ledger.fs.cat_file(path(name))))
+    rows = pa.concat_tables([pq.read_table(read(c["rows"])) for c in manifest["chunks"]])
     vectors = [np.load(path(c["vectors"]), mmap_mode="r") if local else
                np.load(io.BytesIO(ledger.fs.cat_file(path(c["vectors"])))) for c in manifest["chunks"]]
     return Published(manifest, ann, rows, ExactVectors(vectors[0] if len(vectors) == 1 else _Chunks(vectors)))

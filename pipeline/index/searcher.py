@@ -68,4 +68,5 @@ def open_index(out: str, kind: str = "videos") -> tuple[Approximate | None, str]
     cover = coverage(published.rows, ledger.load())
     if not cover.covers:
         return None, cover.reason(kind)
-    return Approximate(published.ann, published.params, published.exact, cover.hidden, published.rows), cover.reason(kind)
+    approximate = Approximate(published.ann, published.params, published.exact, cover.hidden, published.rows)
+    return approximate, cover.reason(kind)

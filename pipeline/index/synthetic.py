@@ -42,7 +42,8 @@ def spectrum(dim: int, decay: float) -> np.ndarray:
 
 
 def clustered(n: int, dim: int = 768, *, topics: int = 2000, group_size: int = 32, decay: float = 0.7,
-              sub_spread: float = 0.5, spread: float = 0.25, mean_norm: float = 1.5, dup_fraction: float = 0.02, dup_noise: float = 0.05,
+              sub_spread: float = 0.5, spread: float = 0.25, mean_norm: float = 1.5, dup_fraction: float = 0.02,
+              dup_noise: float = 0.05,
               seed: int = 0, out: np.ndarray | None = None) -> Synthetic:
     """`n` embeddings as the module doc says; `out` (float32 [n, dim], e.g. a memmap) receives them."""
     rng = np.random.default_rng(seed)
