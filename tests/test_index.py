@@ -66,8 +66,8 @@ def test_the_measured_choice_fits_the_memory_targets():
     """1 M videos: at most 1 GB; 5 M clips: at most one byte per dimension a vector (BENCHMARKS.md)."""
     for n, budget in ((1_000_000, 2**30 / 1_000_000), (5_000_000, 768)):
         params = choose_params(n, 768)
-        assert params.factory.endswith(",PQ192x4fs")                # 96 bytes a vector
-        assert 96 + 8 <= budget, params                              # codes + a 64-bit id per vector
+        codes = int(params.factory.split(",PQ")[1].split("x")[0]) // 2          # 4-bit codes: bytes a vector
+        assert codes + 8 <= budget, params                                       # + a 64-bit id per vector
         assert params.rerank >= 10
 
 

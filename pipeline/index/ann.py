@@ -25,6 +25,7 @@ TRAIN_PER_LIST = 64          # training rows per inverted list (FAISS warns unde
 ADD_CHUNK = 65536
 SCORE_QUERIES = 16           # queries whose candidates are gathered at once to re-rank
 EXACT_BELOW = 4096           # fewer vectors than this: a flat index (IVF cannot be trained well)
+DENSE_ABOVE = 2_000_000      # more vectors than this: finer codes (choose_params)
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,17 @@ class AnnParams:
 def choose_params(n: int, dim: int) -> AnnParams:
     """The index for `n` vectors of `dim` dimensions, chosen by measurement (BENCHMARKS.md, "Index"):
     about 2·√n inverted lists (a power of two, at least 39 training vectors each), 4-bit product
-    quantisation of 4-dimension sub-vectors (FAISS fast-scan: dim/8 bytes a vector; below 256 dimensions
-    8-bit scalar codes, dim bytes), 3/128 of the lists probed (at least 8: 48 of 2,048 at 1 M vectors,
+    quantisation of 4-dimension sub-vectors (FAISS fast-scan: dim/8 bytes a vector; 1 M × 768-d: recall
+    0.958), of 2-dimension ones below 512 dimensions or above DENSE_ABOVE vectors (dim/4 bytes: with the
+    coarser codes recall fell to 0.81 at 200 k × 256-d and 0.51 at 5 M × 256-d); below 256 dimensions
+    8-bit scalar codes (dim bytes), 3/128 of the lists probed (at least 8: 48 of 2,048 at 1 M vectors,
     recall@10 0.958 where 32 gave 0.941) and 100 candidates re-ranked with the exact vectors. Fewer than
     EXACT_BELOW vectors: a flat (exact) index."""
     if n < EXACT_BELOW:
         return AnnParams("Flat", 1, 0)
     nlist = min(2 ** round(math.log2(2 * math.sqrt(n))), 2 ** int(math.log2(n // 39)))
-    codes = f"PQ{dim // 4}x4fs" if dim >= 256 and dim % 8 == 0 else "SQ8"
+    sub = 4 if dim >= 512 and n <= DENSE_ABOVE else 2      # fewer dimensions, or denser: finer codes
+    codes = f"PQ{dim // sub}x4fs" if dim >= 256 and dim % 8 == 0 else "SQ8"
     return AnnParams(f"IVF{nlist},{codes}", min(nlist, max(8, nlist * 3 // 128)), 100)
 
 
