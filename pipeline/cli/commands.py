@@ -230,10 +230,10 @@ def require_output(out: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.read import search
+    from pipeline.cli import search as search_cli
 
     require_output(args.out)
-    return search.cmd_search(args)
+    return search_cli.cmd_search(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -249,6 +249,32 @@ def add_report_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def add_search_arguments(ap: argparse.ArgumentParser) -> None:
-    from pipeline.read import search
+    from pipeline.cli import search as search_cli
 
-    search.add_search_arguments(ap)
+    search_cli.add_search_arguments(ap)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from pipeline.cli import indexing as commands
+
+    require_output(args.out)
+    return commands.cmd_index(args)
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from pipeline.cli import indexing as commands
+
+    require_output(args.out)
+    return commands.cmd_dedup(args)
+
+
+def add_index_arguments(ap: argparse.ArgumentParser) -> None:
+    from pipeline.cli import indexing as commands
+
+    commands.add_index_arguments(ap)
+
+
+def add_dedup_arguments(ap: argparse.ArgumentParser) -> None:
+    from pipeline.cli import indexing as commands
+
+    commands.add_dedup_arguments(ap)

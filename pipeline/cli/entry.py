@@ -1,4 +1,4 @@
-"""vidfeat command line: extract | status | verify | compact | inspect | search | report | demo (contract: DESIGN.md §4).
+"""vidfeat command line: extract | status | verify | compact | inspect | search | index | dedup | report | demo (contract: DESIGN.md §4).
 
 Exit codes, one meaning each (DESIGN.md §5; 69, 70, 74, 75 from sysexits.h; the mapping: pipeline/cli/exits.py):
   0   done (verify: no problem found)          1   finished, but videos failed, or verify found problems
@@ -23,9 +23,10 @@ import signal
 import sys
 
 from pipeline.cli import exits
-from pipeline.cli.commands import (add_extract_arguments, add_report_arguments, add_search_arguments,
-                                   add_verbose_argument, cmd_compact, cmd_demo, cmd_extract, cmd_inspect,
-                                   cmd_report, cmd_search, cmd_status, cmd_verify)
+from pipeline.cli.commands import (add_dedup_arguments, add_extract_arguments, add_index_arguments,
+                                   add_report_arguments, add_search_arguments, add_verbose_argument, cmd_compact,
+                                   cmd_dedup, cmd_demo, cmd_extract, cmd_index, cmd_inspect, cmd_report,
+                                   cmd_search, cmd_status, cmd_verify)
 from pipeline.cli.preflight import add_plan_arguments, cmd_plan
 from pipeline.errors import Terminated
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="nearest committed videos (cosine) of a video or of query embeddings")
     add_search_arguments(p)
     p.set_defaults(func=cmd_search)
+    p = sub.add_parser("index", help="build or extend the approximate index of an output's embeddings (faiss)")
+    add_index_arguments(p)
+    p.set_defaults(func=cmd_index)
+    p = sub.add_parser("dedup", help="groups of near-duplicate videos (or moments) as Parquet, with a report")
+    add_dedup_arguments(p)
+    p.set_defaults(func=cmd_dedup)
     p = sub.add_parser("report", help="one self-contained HTML page: runs, failures, distributions, neighbours")
     add_report_arguments(p)
     p.set_defaults(func=cmd_report)

@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.read.parts import H5Part, consistent, float_matrix, h5_parts, iter_tables, read_table
+from pipeline.read.parts import H5Part, consistent, h5_parts, iter_tables, read_table
+from pipeline.store.parquet import float_matrix
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,9 @@
 3.8 GB. A report wants the neighbours of a handful of videos, and one pass over the committed parts gives
 them exactly with memory for one part: each part is searched as a small `VideoIndex` and each query keeps
 the best k hits seen so far. The hits are those of `VideoIndex.search_ids` over the whole output (ties
-aside); `indices` are rows in commit order, as `VideoIndex.from_output` numbers them.
+aside); `indices` are rows in commit order, as `VideoIndex.from_output` numbers them. When the output's
+published index covers it (pipeline/index), the queries go through that index instead (`indices` are
+then its rows): the same code as `vidfeat search`.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.read.features import VideoFeatures, lookup_videos
-from pipeline.read.parts import consistent, float_matrix, iter_tables
+from pipeline.read.parts import consistent, iter_tables
+from pipeline.store.parquet import float_matrix
 from pipeline.read.search import Hits, VideoIndex
 
 
@@ -29,7 +32,11 @@ def nearest_videos(out: str, video_ids: Sequence[str], k: int = 10) -> Hits:
 def nearest_to(out: str, queries: VideoFeatures, k: int = 10) -> Hits:
     """`nearest_videos` for query videos already looked up (`lookup_videos(..., fields=("embedding",))`).
     Each part is searched once for all the queries (twice when some of them are in it: a search leaves
-    out one row per query, and caps k for all of its queries when it does)."""
+    out one row per query, and caps k for all of its queries when it does). Through the output's index
+    when that covers the output (module doc)."""
+    index, _ = VideoIndex.from_index(out)
+    if index is not None:
+        return index.search(queries.embedding, k, exclude=np.array([index.row.get(v, -1) for v in queries.ids]))
     best: list[list[tuple]] = [[] for _ in queries.ids]       # per query: (score, id, uri, row), best first
     offset = 0
     for table in iter_tables(out, "videos", ["video_id", "uri", "embedding"]):

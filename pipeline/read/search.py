@@ -1,24 +1,24 @@
-"""Exact cosine nearest neighbours over video embeddings, on torch (CPU, or CUDA when there is one).
+"""Cosine nearest neighbours over video embeddings: exact on torch (CPU, or CUDA when there is one), or
+approximate through an index (pipeline/index: FAISS, candidates re-ranked with the exact vectors).
 
-The index L2-normalises its N rows once. A search normalises a batch of queries, multiplies it by the
-index `chunk_rows` rows at a time, keeps each chunk's top k (`torch.topk`) and then the top k of those:
-exact (the ranking of a full matmul, ties aside) with memory O(query_batch × chunk_rows) whatever N.
-
-    index = VideoIndex.from_output(OUT)
+    index = VideoIndex.from_output(OUT)             # the output's index when it covers it, else exact
+    index.how                                        # "approximate: the videos index covers all …" / "exact: …"
     hits = index.search_ids(["video-a"], k=10)      # the query video itself is left out
     hits.ids[0], hits.scores[0]                      # 10 ids, float32 cosines, best first
+    VideoIndex.build(ids, embeddings)                # approximate, from arrays in memory
+    VideoIndex(ids, embeddings)                      # exact, from arrays in memory
+
+Exact: the index L2-normalises its N rows once. A search normalises a batch of queries, multiplies it by the
+index `chunk_rows` rows at a time, keeps each chunk's top k (`torch.topk`) and then the top k of those:
+exact (the ranking of a full matmul, ties aside) with memory O(query_batch × chunk_rows) whatever N.
+Approximate hits have exact cosine scores; `indices` are then rows of the index. The CLI: pipeline/cli/search.py.
 
 Class names: the logits of HowTo100M's 1059 classes have no published names, so classes are indexed by
 number; a csv `class_index,name` gives names where one exists (`read_class_names`, `top_classes`).
-
-CLI (wired by pipeline/cli/entry.py): `vidfeat search OUT --video-id ID [--top K] [--classes FILE] [--json]`
-or `--query-file FILE` (.npy of [Q, D] embeddings, or a text file of video ids, one per line).
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.text import printable
-from pipeline.read.features import SOURCES, VideoFeatures, load_videos, lookup_videos
+from pipeline.read.features import VideoFeatures, load_videos, lookup_videos
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +51,71 @@ class VideoIndex:
 
     def __init__(self, ids: Sequence[str], embeddings, uris: Sequence[str] | None = None, *,
                  device: str | torch.device | None = None, query_batch: int = 1024, chunk_rows: int = 65536):
-        if len(ids) != len(embeddings):
-            raise ConfigError(f"{len(ids)} ids for {len(embeddings)} embeddings")
-        self.ids, self.uris = list(ids), list(uris) if uris is not None else [""] * len(ids)
+        self._name(ids, embeddings, uris)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.vectors = _normalised(embeddings, self.device)          # float32 [N, D], unit rows
         self.query_batch, self.chunk_rows = query_batch, chunk_rows
-        self.row = {vid: i for i, vid in enumerate(self.ids)}
+        self.approximate, self.how = None, "exact: built from arrays"
         log.debug("index of %d videos × %d dims on %s", len(self.ids), self.vectors.shape[1], self.device)
+
+    def _name(self, ids: Sequence[str], rows, uris: Sequence[str] | None, hidden=None) -> None:
+        if len(ids) != len(rows):
+            raise ConfigError(f"{len(ids)} ids for {len(rows)} embeddings")
+        self.ids, self.uris = list(ids), list(uris) if uris is not None else [""] * len(ids)
+        shown = range(len(self.ids)) if hidden is None else (~hidden).nonzero()[0].tolist()
+        self.row = {self.ids[i]: i for i in shown}
+
+    @classmethod
+    def build(cls, ids: Sequence[str], embeddings, uris: Sequence[str] | None = None, *, params=None) -> "VideoIndex":
+        """An approximate index (FAISS, pipeline/index/ann.py) of float [N, D] `embeddings` in memory;
+        `params` (an `AnnParams`) overrides the measured choice."""
+        from pipeline.index.searcher import Approximate
+
+        approximate = Approximate.from_arrays(embeddings, params)
+        return cls.from_approximate(ids, uris, approximate, "approximate: built from arrays")
+
+    @classmethod
+    def from_approximate(cls, ids, uris, approximate, how: str) -> "VideoIndex":
+        """A VideoIndex over a `pipeline.index.searcher.Approximate` (row i named ids[i], uris[i])."""
+        self = cls.__new__(cls)
+        self._name(ids, approximate.exact.vectors, uris, approximate.hidden)
+        self.approximate, self.how, self.vectors = approximate, f"{how} ({approximate.describe()})", None
+        return self
 
     @classmethod
     def from_features(cls, videos: VideoFeatures, **kw) -> "VideoIndex":
         return cls(videos.ids, videos.embedding, videos.uris, **kw)
 
     @classmethod
-    def from_output(cls, out: str, source: str = "parquet", **kw) -> "VideoIndex":
-        """The index of every committed video of output directory `out`."""
-        return cls.from_features(load_videos(out, source=source), **kw)
+    def from_output(cls, out: str, source: str = "parquet", *, exact: bool = False, **kw) -> "VideoIndex":
+        """The index of every committed video of output directory `out`: its published index when that
+        covers the output (and not `exact`), else exact over the committed embeddings. `how` says which
+        and why."""
+        found, how = cls.from_index(out) if not exact else (None, "exact: asked for")
+        if found is not None:
+            return found
+        index = cls.from_features(load_videos(out, source=source), **kw)
+        index.how = how
+        return index
+
+    @classmethod
+    def from_index(cls, out: str) -> tuple["VideoIndex | None", str]:
+        """(the output's published videos index, how) when it covers the output, else (None, why not)."""
+        from pipeline.index.searcher import open_index
+
+        approximate, how = open_index(out, "videos")
+        if approximate is None:
+            return None, how
+        rows = approximate.rows
+        ids, uris = rows.column("video_id").to_pylist(), rows.column("uri").to_pylist()
+        return cls.from_approximate(ids, uris, approximate, how), how
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def dim(self) -> int:
-        return self.vectors.shape[1]
+        return self.approximate.dim if self.approximate is not None else self.vectors.shape[1]
 
     def rows(self, video_ids: Sequence[str]) -> np.ndarray:
         """int64 rows of `video_ids`; an id not in the index raises ConfigError naming it."""
@@ -92,6 +132,8 @@ class VideoIndex:
         q = q.reshape(-1, q.shape[-1])
         if q.shape[1] != self.dim and len(self):
             raise ConfigError(f"queries have {q.shape[1]} dimensions, the index {self.dim}")
+        if self.approximate is not None:
+            return self._search_approximate(q.cpu().numpy(), k, exclude)
         exclude = torch.full((len(q),), -1) if exclude is None else torch.as_tensor(exclude, dtype=torch.int64)
         k = max(0, min(k, len(self) - int((exclude >= 0).any())))
         scores, rows = [], []
@@ -105,7 +147,17 @@ class VideoIndex:
     def search_ids(self, video_ids: Sequence[str], k: int = 10) -> Hits:
         """The k nearest videos of each committed video in `video_ids`, each query left out of its hits."""
         rows = self.rows(video_ids)
+        if self.approximate is not None:
+            return self.search(self.approximate.vectors(rows), k, exclude=rows)
         return self.search(self.vectors[torch.from_numpy(rows).to(self.device)], k, exclude=rows)
+
+    def _search_approximate(self, queries: np.ndarray, k: int, exclude) -> Hits:
+        """`search` through the approximate index; k is capped at the rows it may return."""
+        hidden = self.approximate.hidden
+        shown = len(self.ids) - int(hidden.sum() if hidden is not None else 0)
+        shown -= int(exclude is not None and (np.asarray(exclude) >= 0).any())
+        scores, rows = self.approximate.search(queries, max(0, min(k, shown)), exclude)
+        return self._hits(torch.from_numpy(scores), torch.from_numpy(rows))
 
     @torch.inference_mode()
     def _topk(self, queries: torch.Tensor, k: int, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +181,8 @@ class VideoIndex:
 
     def _hits(self, scores: torch.Tensor, rows: torch.Tensor) -> Hits:
         rows_np = rows.numpy().astype(np.int64)
-        return Hits([[self.ids[r] for r in q] for q in rows_np], [[self.uris[r] for r in q] for q in rows_np],
+        return Hits([[self.ids[r] if r >= 0 else "" for r in q] for q in rows_np],
+                    [[self.uris[r] if r >= 0 else "" for r in q] for q in rows_np],
                     scores.numpy().astype(np.float32), rows_np)
 
 
@@ -191,95 +244,3 @@ def top_classes(out: str, video_id: str, k: int = 5, class_names: dict[int, str]
     if isinstance(class_names, str):
         class_names = read_class_names(class_names)
     return rank_classes(lookup_videos(out, [video_id], ("probs",)).probs[0], k, class_names)
-
-
-# ====================================================================== CLI
-
-def add_search_arguments(ap: argparse.ArgumentParser) -> None:
-    """The arguments of `vidfeat search`."""
-    ap.add_argument("out", help="output directory (local path or fsspec URL)")
-    query = ap.add_mutually_exclusive_group(required=True)
-    query.add_argument("--video-id", action="append", metavar="ID",
-                       help="a committed video to find neighbours of (repeatable); it is left out of its own hits")
-    query.add_argument("--query-file", metavar="FILE",
-                       help=".npy of float [Q, D] query embeddings, or a text file of video ids, one per line")
-    ap.add_argument("--top", type=int, default=10, metavar="K", help="neighbours per query (default 10)")
-    ap.add_argument("--classes", metavar="FILE",
-                    help="csv class_index,name: also print each hit's most probable classes (named where it can)")
-    ap.add_argument("--top-classes", type=int, default=3, metavar="N",
-                    help="classes per hit with --classes (default 3)")
-    ap.add_argument("--source", choices=SOURCES, default="parquet", help="read Parquet or HDF5 parts")
-    ap.add_argument("--json", action="store_true", help="print one JSON document")
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    """`vidfeat search`: print each query's nearest committed videos (id, cosine score, uri)."""
-    if args.top < 1:
-        raise ConfigError(f"--top must be at least 1, got {args.top}")
-    index = VideoIndex.from_output(args.out, source=args.source)
-    labels, hits = _run_queries(index, args)
-    report = [{"query": q, "hits": _hit_rows(hits, i)} for i, q in enumerate(labels)]
-    if args.classes:
-        _add_classes(report, args.out, read_class_names(args.classes), args.top_classes)
-    print(json.dumps({"out": args.out, "videos": len(index), "queries": report}, indent=2) if args.json
-          else _format(report))
-    return 0
-
-
-def _run_queries(index: VideoIndex, args: argparse.Namespace) -> tuple[list[str], Hits]:
-    """(a label per query, hits): by video ids (--video-id, or a text query file), or by embeddings."""
-    if args.video_id:
-        return args.video_id, index.search_ids(args.video_id, args.top)
-    if args.query_file.endswith(".npy"):
-        vectors = load_query_vectors(args.query_file)
-        return [f"#{i}" for i in range(len(vectors))], index.search(vectors, args.top)
-    ids = read_query_ids(args.query_file)
-    return ids, index.search_ids(ids, args.top)
-
-
-def load_query_vectors(path: str) -> np.ndarray:
-    """A .npy file (local or fsspec URL) of float [Q, D] or [D] → float32 [Q, D]."""
-    import fsspec
-
-    with fsspec.open(path, "rb") as fh:
-        vectors = np.load(fh, allow_pickle=False)
-    if vectors.ndim not in (1, 2) or vectors.dtype.kind not in "fiu":
-        raise ConfigError(f"{path}: expected numbers shaped [Q, D] or [D], got {vectors.dtype} {vectors.shape}")
-    return np.atleast_2d(vectors).astype(np.float32)
-
-
-def read_query_ids(path: str) -> list[str]:
-    """A text file of video ids, one per line (blank lines skipped) → the ids."""
-    import fsspec
-
-    with fsspec.open(path, "r") as fh:
-        ids = [line.strip() for line in fh if line.strip()]
-    if not ids:
-        raise ConfigError(f"{path}: no video ids in the query file")
-    return ids
-
-
-def _hit_rows(hits: Hits, q: int) -> list[dict]:
-    return [{"rank": j + 1, "video_id": vid, "score": float(hits.scores[q, j]), "uri": hits.uris[q][j]}
-            for j, vid in enumerate(hits.ids[q])]
-
-
-def _add_classes(report: list[dict], out: str, names: dict[int, str], k: int) -> None:
-    ids = list(dict.fromkeys(h["video_id"] for q in report for h in q["hits"]))
-    probs = lookup_videos(out, ids, ("probs",)).probs if ids else np.zeros((0, 0), np.float32)
-    row = {vid: i for i, vid in enumerate(ids)}
-    for q in report:
-        for h in q["hits"]:
-            h["classes"] = rank_classes(probs[row[h["video_id"]]], k, names)
-
-
-def _format(report: list[dict]) -> str:
-    lines = []
-    for q in report:
-        lines.append(f"query {q['query']}:")
-        for h in q["hits"]:
-            lines.append(f"  {h['rank']:3d}  {h['score']:+.4f}  {h['video_id']}  {h['uri']}")
-            if "classes" in h:
-                lines.append("        classes: " + " | ".join(
-                    f"{c['class_index']}{' ' + c['name'] if c['name'] else ''} {c['prob']:.3f}" for c in h["classes"]))
-    return "\n".join(printable(line) for line in lines)         # ids, uris and class names are data

@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.remote_file import readable_path
 from pipeline.storage import is_local
 from pipeline.store import segments
-from pipeline.read.parts import float_matrix
+from pipeline.store.parquet import float_matrix
 from pipeline.store.ledger import Ledger
 
 _FLOAT_LISTS = ("embedding", "logits", "probs")        # fixed-size float32 lists → [N, D] arrays

@@ -7,7 +7,8 @@
    with decoding (CPU tasks yielding one clip at a time) → inference (an actor pool, one GPU per actor).
 3. Stream the results in the driver: `VideoCollector` assembles each video when its last clip is in,
    `PartWriter` buffers finished videos and failures and commits them in parts (data first, ledger last).
-4. Fold the ledger's records into its index, compact small parts into large files, and record the run:
+4. Fold the ledger's records into its index, compact small parts into large files, extend the output's
+   search index (if it has one) with the new videos (upkeep.py), and record the run:
    videos ok / failed / skipped, clips, hours of video, time per stage, where each stage ran.
 """
 from __future__ import annotations
@@ -32,9 +33,10 @@ from pipeline.run.metrics import RunMetrics, live_metrics
 from pipeline.store.commit import PartWriter, provenance, write_part
 from pipeline.config import Config
 from pipeline.corpus import Corpus, load_corpus
-from pipeline.errors import ClusterLostError, ConfigError, LeaseLostError, VidfeatError
+from pipeline.errors import ClusterLostError, ConfigError, VidfeatError
 from pipeline.faults import failpoint
 from pipeline.run.listener import LoggingListener, RunListener
+from pipeline.run.upkeep import finish as _finish
 from pipeline.run.feed import build_dataset, inference_resources
 from pipeline.store.lease import WriterLease
 from pipeline.store.ledger import Ledger
@@ -66,6 +68,7 @@ class RunSummary:
     bytes_written: int = 0                                  # Parquet and HDF5 bytes committed
     compact_s: float = 0.0                                  # folding the ledger and compacting, at the end
     upkeep_error: str | None = None                         # why folding or compacting failed, if it did
+    indexes: list = field(default_factory=list)            # what the output's indexes became (pipeline/index)
     stopped: str | None = None                              # why the run stopped early (--max-failure-rate)
     interrupted: str | None = None                          # the signal that stopped it gracefully (drain.py)
     changed: int = 0                                        # committed videos whose manifest uri changed
@@ -266,29 +269,6 @@ def _record_plan(ds, summary: RunSummary) -> None:
     summary.operators = [line.split(":")[0].split(" ", 2)[-1] for line in stats.splitlines()
                          if line.startswith("Operator ")]
     log.debug("dataset stats:\n%s", stats)
-
-
-def _finish(ledger: Ledger, config: Config, summary: RunSummary, stop: GracefulStop) -> None:
-    """Fold this run's records into the ledger's index, then compact small parts (if configured). Both
-    are upkeep: the run's videos are committed already, so a failure here is reported, not raised. A
-    stop lets the fold finish, and the compaction finish or abandon the merge under way (compaction.py)."""
-    from pipeline.store.compaction import compact
-
-    start = time.perf_counter()
-    try:
-        state = ledger.fold()
-        if config.run.compact and stop.signal is None:   # a preempted run leaves quickly: the next compacts
-            compact(ledger, target_mb=config.run.compact_target_mb, state=state,
-                    stop=lambda: stop.signal is not None)
-    except LeaseLostError:
-        raise                                                  # not upkeep: this writer must stop
-    except Exception as exc:                                   # noqa: BLE001 - see docstring
-        if storage.unreachable():
-            raise                                              # the store is gone past the patience: end now
-        summary.upkeep_error = f"{type(exc).__name__}: {exc}"
-        log.error("folding or compacting %s failed (%s); the run's videos are committed, the next run "
-                  "or `vidfeat compact` tries again", ledger.out, summary.upkeep_error)
-    summary.compact_s = time.perf_counter() - start
 
 
 def _check_failure_rate(summary: RunSummary, max_rate: float, todo: int) -> None:

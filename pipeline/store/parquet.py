@@ -29,6 +29,20 @@ def _column(values: list, type_: pa.DataType) -> pa.Array:
     return pa.array(values, type_)
 
 
+def float_matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list float32 column → a writable float32 [N, D] array, copied once, chunk by chunk,
+    without per-row Python objects."""
+    width = getattr(column.type, "list_size", 0)          # an empty column keeps its width: (0, D)
+    if len(column) == 0:
+        return np.zeros((0, width), np.float32)
+    matrix = np.empty((len(column), width), np.float32)
+    row = 0
+    for chunk in column.chunks:
+        matrix[row:row + len(chunk)] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), width)
+        row += len(chunk)
+    return matrix
+
+
 def write_videos(rows: list[dict], dim: int, num_classes: int, path: str) -> None:
     write_table(rows, schemas.video_schema(dim, num_classes), path)
 

@@ -11,8 +11,8 @@ import torch
 from featurekit import GHOST, shared_output
 from pipeline.errors import ConfigError
 from pipeline.read.features import load_videos
-from pipeline.read.search import (VideoIndex, add_search_arguments, cmd_search, rank_classes, read_class_names,
-                             top_classes)
+from pipeline.read.search import VideoIndex, rank_classes, read_class_names, top_classes
+from pipeline.cli.search import add_search_arguments, cmd_search
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ import torch
 
 import schemas
 from pipeline.decode import decode_clips
+from pipeline.index.build import build_index
 from pipeline.read.parts import read_table
+from pipeline.read.search import VideoIndex
 from pipeline.model import load_timesformer
 from pipeline.run.runner import run_extract
 from pipeline.decode.transforms import crop, to_model_input
@@ -130,9 +132,14 @@ def test_rerun_does_nothing_and_grown_manifest_does_only_new_videos(head_config,
     assert (first.ok, first.failed) == (2, 0)
     again = run_extract(str(manifest), out, config, progress=False)
     assert (again.ok, again.failed, again.skipped) == (0, 0, 2)
+    assert again.indexes == []                                      # no index: nothing to keep fresh
+    build_index(out), build_index(out, "clips")
     manifest.write_text(manifest.read_text() + f"{corpus['good'][2]},{corpus['dir']}/{corpus['good'][2]}\n")
     grown = run_extract(str(manifest), out, config, progress=False)
     assert (grown.ok, grown.skipped) == (1, 2)
+    assert [(r["kind"], r["action"], r["added"]) for r in grown.indexes] == [
+        ("videos", "extended", 1), ("clips", "extended", grown.clips)]      # the run extended both indexes
+    assert VideoIndex.from_output(out).how.startswith("approximate: the videos index covers all 3 ")
     ids = read_table(out, "videos", ["video_id"]).column("video_id").to_pylist()
     assert sorted(ids) == corpus["good"][:3]
     assert verify(out)["ok"]
