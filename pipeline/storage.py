@@ -208,18 +208,26 @@ def retry(attempt, what: str, *, patience: float | None = None, clock=time.monot
     `jitter` (a number in [0, 1)) are the process's own unless a test gives its own."""
     outage = OUTAGE if outage is None else outage
     started = clock()
-    try:
-        result = attempt()
-    except FINAL:
-        raise
-    except Exception as exc:                                       # noqa: BLE001 - classified in _failed
-        _failed(exc, what, 1)
-        outage.failed(started)
-        return _ride_out(attempt, what, exc, started, patience_s() if patience is None else patience, clock,
+    ok, result = _once(attempt, what, 1, outage, started)
+    if not ok:
+        return _ride_out(attempt, what, result, started, patience_s() if patience is None else patience, clock,
                          sleep, outage, jitter)
     if outage.since is not None:
         outage.succeeded(clock())
     return result
+
+
+def _once(attempt, what: str, tries: int, outage: Outage, started: float):
+    """One try of `attempt`: (True, its result), or (False, the error) of a failure that may pass (counted in
+    `outage` from `started`); a failure that cannot pass is raised (`_failed`)."""
+    try:
+        return True, attempt()
+    except FINAL:
+        raise
+    except Exception as exc:                                       # noqa: BLE001 - classified in _failed
+        _failed(exc, what, tries)
+        outage.failed(started)
+        return False, exc
 
 
 def _ride_out(attempt, what: str, exc: Exception, first: float, patience: float, clock, sleep, outage: Outage,
@@ -237,15 +245,9 @@ def _ride_out(attempt, what: str, exc: Exception, first: float, patience: float,
     while (left := begun() + patience - clock()) > 0:
         sleep(min(delay * (0.5 + jitter() / 2), left))
         delay = min(2 * delay, BACKOFF_MAX_S)
-        started = clock()
-        try:
-            result = attempt()
-        except FINAL:
-            raise
-        except Exception as error:                                 # noqa: BLE001 - classified in _failed
-            tries, exc = tries + 1, error
-            _failed(exc, what, tries)
-            outage.failed(started)
+        ok, result = _once(attempt, what, tries + 1, outage, clock())
+        if not ok:
+            tries, exc = tries + 1, result
             continue
         outage.succeeded(clock())
         log.info("storage: %s succeeded after %.0f s (%s)", what, clock() - first, _tries(tries + 1))
