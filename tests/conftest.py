@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -53,22 +54,27 @@ def ray_head(tmp_path_factory):
     stops every Ray on the machine, a user's own cluster and another test run included."""
     if shutil.which("ray") is None:
         pytest.fail("the `ray` command is missing: install the package with its dependencies")
-    temp = tmp_path_factory.mktemp("ray")
+    # Ray's sockets live under its temp dir and a socket's path may not exceed 107 bytes: a folder of
+    # its own directly under /tmp, not under pytest's (`popen-gw0/` deeper with pytest-xdist: the
+    # dashboard's `sockets/dash_MetricsHead` no longer fits, and the head dies at start)
+    temp = tempfile.mkdtemp(prefix="vfray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     port, dash, agent = free_port(), free_port(), free_port()
     # the job agent on a free port too: at its default (52365) another Ray on the machine would hold it,
     # and `ray job submit` would be told "No available agent to submit job"
     cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--num-gpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
            f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}", "--disable-usage-stats"]
-    head = subprocess.Popen(cmd, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = os.path.join(temp, "head.log")
+    with open(log, "w") as out:
+        head = subprocess.Popen(cmd, env=ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         address = f"127.0.0.1:{port}"
-        assert wait_for(lambda: head.poll() is not None or _head_up(address), timeout=180), "ray head did not start"
-        assert head.poll() is None, f"`ray start --head` exited with {head.returncode}"
+        up = wait_for(lambda: head.poll() is not None or _head_up(address), timeout=180)
+        assert up and head.poll() is None, f"`ray start --head` failed ({head.poll()}): {open(log).read()[-3000:]}"
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "agent_port": agent}
     finally:
         stop_tree(head)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _head_up(address: str) -> bool:
