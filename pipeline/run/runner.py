@@ -30,6 +30,7 @@ from pipeline.run.cluster import abandon_ray, check_reachable, cluster_failure, 
 from pipeline.run.collector import VideoCollector
 from pipeline.run.drain import GracefulStop, pulled
 from pipeline.run.metrics import RunMetrics, live_metrics
+from pipeline.store.claims import overtaken_is_lost
 from pipeline.store.commit import PartWriter, provenance, write_part
 from pipeline.config import Config
 from pipeline.corpus import Corpus, load_corpus
@@ -113,7 +114,8 @@ def run_extract(source: str, out: str, config: Config, *, listener: RunListener 
         failpoint("run.record")
         summary.interrupted, summary.wall_s = stop.name, time.time() - started
         record = {"source": source, "config": config.to_dict(), "summary": summary.to_dict()}
-        publish_bytes(json.dumps(record, indent=2).encode(), ledger.url("runs", f"{summary.run_id}.json"))
+        with overtaken_is_lost(ledger):
+            publish_bytes(json.dumps(record, indent=2).encode(), ledger.url("runs", f"{summary.run_id}.json"))
     if summary.stopped:
         raise FailureRateExceeded(summary.stopped)
     return summary

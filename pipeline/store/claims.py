@@ -16,6 +16,7 @@ reader apply the same rule, so a state rebuilt from the records is the state the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -119,3 +120,14 @@ def prune(ledger, epoch: int) -> None:
         number = path.rsplit("/", 1)[-1].removesuffix(".json").removesuffix(ACCEPTED)
         if number.isdigit() and int(number) < epoch - 1:
             ledger.fs.rm(path)
+
+
+@contextlib.contextmanager
+def overtaken_is_lost(ledger):
+    """Around a writer's publish: its staged temporary gone (FileNotFoundError) means a newer writer claimed
+    the output and swept it (sweep.py) — this writer lost the output (LeaseLostError), no I/O error."""
+    try:
+        yield
+    except FileNotFoundError:
+        ledger.check_fence()
+        raise

@@ -8,6 +8,7 @@ import time
 
 import pipeline
 import schemas
+from pipeline.store.claims import overtaken_is_lost
 from pipeline.store import segments
 from pipeline.config import Config
 from pipeline.faults import failpoint
@@ -113,7 +114,8 @@ def write_part(ledger: Ledger, part: str, videos: list[dict], clips: dict[str, l
             local = os.path.join(tmp, f"{sub}-{segments.file_name(part, sub)}")
             write(local)
             written += os.path.getsize(local)
-            publish_file(local, ledger.url(sub, segments.file_name(part, sub)))
+            with overtaken_is_lost(ledger):
+                publish_file(local, ledger.url(sub, segments.file_name(part, sub)))
     return written
 
 

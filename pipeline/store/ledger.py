@@ -203,7 +203,8 @@ class Ledger(Pinned):
         self.check_fence()
         payload["epoch"], payload["seq"] = self.epoch or 0, self.seq
         self.seq += 1
-        publish_bytes(json.dumps(payload).encode(), self.url("ledger", f"{name}.json"), exclusive=True)
+        with claims.overtaken_is_lost(self):
+            publish_bytes(json.dumps(payload).encode(), self.url("ledger", f"{name}.json"), exclusive=True)
 
     def fold(self, state: LedgerState | None = None) -> LedgerState:
         """Fold the records not yet in the index into a new index generation, delete older generations,
@@ -250,7 +251,8 @@ class Ledger(Pinned):
         self.index_seq = seq + 1          # an upload abandoned at its deadline may land later: never reuse its name
         buffer = io.BytesIO()
         pq.write_table(to_index_table(dataclasses.replace(state, epoch=epoch)), buffer, compression="zstd")
-        publish_bytes(buffer.getvalue(), self.url("ledger", "index", records.index_name(epoch, seq)), exclusive=True)
+        with claims.overtaken_is_lost(self):
+            publish_bytes(buffer.getvalue(), self.url("ledger", "index", records.index_name(epoch, seq)), exclusive=True)
 
     # ------------------------------------------------------------------ files of the state
 

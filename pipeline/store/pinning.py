@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from pipeline.errors import ConfigError, DamagedOutputError
+from pipeline.store.claims import overtaken_is_lost
 from pipeline.store.publish import publish_bytes
 
 
@@ -26,7 +27,8 @@ class Pinned:
         """Pin `fingerprint` in run.json (exclusively: the first commit does it), or check it."""
         data = json.dumps({"fingerprint": fingerprint, "features": config}, indent=2).encode()
         try:
-            publish_bytes(data, self.url("run.json"), exclusive=True)
+            with overtaken_is_lost(self):
+                publish_bytes(data, self.url("run.json"), exclusive=True)
         except FileExistsError:
             self.check_fingerprint(fingerprint)
 

@@ -114,6 +114,66 @@ def test_a_writer_taken_over_cannot_commit_and_its_files_go(tmp_path):
     assert Ledger(out).load().done == ids | {"new"} and verify(out)["ok"]
 
 
+@pytest.mark.parametrize("what", ["record", "index", "data file"])
+def test_a_writer_whose_staged_file_a_new_writer_swept_stops_as_taken_over(tmp_path, monkeypatch, what):
+    """Paused between staging a publish and linking it (its claim, a record, a part's file): a newer
+    writer claims and sweeps the temporary away (sweep.py). The paused one stops as taken over
+    (LeaseLostError: exit 75), not with an I/O error over a file it never saw vanish."""
+    import pipeline.store.publish as publish
+
+    out, ids = committed(tmp_path)
+    paused = Ledger(out)
+    paused.claim()
+    real_link = os.link
+
+    def link_after_takeover(tmp, path):
+        monkeypatch.setattr(publish.os, "link", real_link)
+        fresh = Ledger(out)
+        fresh.collect_garbage(fresh.claim())                     # sweeps ledger/ and data temporaries
+        return real_link(tmp, path)
+
+    def act():
+        if what == "record":
+            paused.record("part-p-00001", [], [])
+        elif what == "index":
+            paused.fold()                                         # publishes the next index of the ledger
+        else:
+            stage(paused, "part-p-00001", ["later"])
+    if what == "index":
+        commit(paused, "part-p-00000", ["late"])                  # a record to fold, before the pause
+        ids = ids | {"late"}
+    if what == "data file":
+        monkeypatch.setattr(publish.os, "replace", _replace_after(monkeypatch, publish, out))
+    else:
+        monkeypatch.setattr(publish.os, "link", link_after_takeover)
+        monkeypatch.setattr(paused, "check_fence", _fence_checked_once(paused))
+    with pytest.raises(LeaseLostError, match="took over"):
+        act()
+    assert Ledger(out).load().done == ids and verify(out)["ok"]
+
+
+def _fence_checked_once(ledger: Ledger):
+    """`check_fence` that passes its first call (made before the takeover), then checks for real."""
+    real, calls = ledger.check_fence, []
+
+    def check():
+        calls.append(1)
+        return None if len(calls) == 1 else real()
+    return check
+
+
+def _replace_after(monkeypatch, publish, out: str):
+    """os.replace that lets a newer writer claim and sweep before the first data file is moved in place."""
+    real = os.replace
+
+    def replace(tmp, path):
+        monkeypatch.setattr(publish.os, "replace", real)
+        fresh = Ledger(out)
+        fresh.collect_garbage(fresh.claim())
+        return real(tmp, path)
+    return replace
+
+
 def test_a_record_published_after_the_takeover_does_not_count(tmp_path, monkeypatch):
     """The moment between a writer's fence check and its publish: the epoch rule ignores the record."""
     out, ids = committed(tmp_path)
