@@ -4,6 +4,7 @@ arguments and returns an exit code (pipeline/cli/exits.py); `add_*_arguments` de
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -124,7 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     require_output(args.out)
     report = status(args.out, source=args.source)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({**report, "indexes": [dataclasses.asdict(i) for i in indexes]}, indent=2))
     else:
         print(f"{printable(args.out)}: {report['done']} done, {report['failed']} failed, "
               f"{report['pending'] if report['pending'] is not None else '?'} pending; {report['parts']} parts")
@@ -140,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     require_output(args.out)
     report = verify(args.out)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({**report, "indexes": [dataclasses.asdict(i) for i in indexes]}, indent=2))
     else:
         print(f"{printable(args.out)}: {report['videos']} videos, {report['clips']} clips in {report['parts']} parts")
         for problem in report["problems"]:
@@ -151,26 +152,41 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     """Compact OUT. The first SIGTERM / SIGINT finishes or abandons the merge under way (compaction.py),
-    folds, releases the lease and exits 143 / 130; a second one stops at once."""
-    import dataclasses
-
+    folds, releases the lease and exits 143 / 130; a second one stops at once. Then the output's search
+    indexes name the merged segments (pipeline/index/build.py)."""
     from pipeline.run.drain import GracefulStop
-    from pipeline.store.compaction import compact
 
     require_output(args.out)
     stop = GracefulStop(on_signal=lambda name, _: print(f"{name}: finishing or abandoning the merge under way; "
                                                         f"a second {name} stops at once", file=sys.stderr))
     with stop.handling():
-        report = dataclasses.asdict(compact(args.out, target_mb=args.target_mb, stop=lambda: stop.signal is not None))
+        report, indexes = _compact_and_reindex(args.out, args.target_mb, stop)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({**report, "indexes": [dataclasses.asdict(i) for i in indexes]}, indent=2))
     else:
         print(f"{printable(args.out)}: merged {report['segments_before']} segments into {report['segments_after']} "
               f"({report['groups']} merges, {report['bytes_rewritten'] / 2**20:.1f} MiB written, "
               f"{report['seconds']:.1f} s)")
         for sub, n in report["files_before"].items():
             print(f"  {sub}/: {n} → {report['files_after'][sub]} files")
+        for index in indexes:
+            print(f"  {index.kind} index: {index.action} ({index.rows:,} rows, generation {index.generation})")
     return interrupted("compact", stop.name, "the rest is merged by the next compaction") if stop.signal else EXIT_OK
+
+
+def _compact_and_reindex(out: str, target_mb: float, stop) -> tuple[dict, list]:
+    """Compact `out`, then bring its search indexes up to date (the segments they name), under one claim:
+    (the compaction report as a dict, the index reports)."""
+    from pipeline.index.build import refresh_all
+    from pipeline.store.compaction import compact
+    from pipeline.store.lease import WriterLease
+    from pipeline.store.ledger import Ledger
+
+    ledger = Ledger(out)
+    with WriterLease(ledger) as lease:
+        ledger.claim(lease)
+        report = dataclasses.asdict(compact(ledger, target_mb=target_mb, stop=lambda: stop.signal is not None))
+        return report, [] if stop.signal else refresh_all(ledger)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from pipeline.index.ann import AnnParams, add_vectors, build_ann, choose_params,
 from pipeline.index.coverage import coverage, uris_of
 from pipeline.index.published import (Published, load_published, local_files, next_generation, publish_generation,
                                       staging_dir)
+from pipeline.index.retired import tombstone_hidden
 from pipeline.store.ledger import Ledger
 from pipeline.store.ledger_state import LedgerState
 from pipeline.store.parquet import float_matrix
@@ -84,7 +85,8 @@ def refresh_index(ledger: Ledger, state: LedgerState, kind: str) -> IndexReport:
     published = load_published(ledger, kind)
     if published is None:
         return IndexReport(kind, "none", 0, 0, 0, "", 0.0, "")
-    cover = coverage(published.rows, state)
+    cover = coverage(published.rows, state, published.tombstones)
+    published = tombstone_hidden(ledger, kind, published, cover)      # retired or redone: hidden for good
     trained = published.manifest.get("trained_rows", published.rows.num_rows)
     grown = (published.rows.num_rows + len(cover.lacking)) / max(trained, 1)      # clips: at least
     hidden = float(cover.hidden.mean()) if len(cover.hidden) else 0.0
@@ -104,8 +106,9 @@ def _extend(ledger: Ledger, state: LedgerState, kind: str, published: Published,
     old = published.manifest
     with staging_dir() as staging:
         gen = next_generation(ledger, kind)
-        rows, vectors = read_rows(ledger, state, kind, sorted(state.segments - published.segments), lacking,
-                                  old["dtype"], os.path.join(staging, f"{gen}.vectors.npy"))
+        unread = sorted(state.segments - published.segments) if len(lacking) else []    # none lacks: none read
+        rows, vectors = read_rows(ledger, state, kind, unread, lacking, old["dtype"],
+                                  os.path.join(staging, f"{gen}.vectors.npy"))
         manifest = {**old, "generation": gen, "segments": sorted(state.segments), "done": len(state.done_ids),
                     "created_at": time.time()}
         files = {}
@@ -115,8 +118,9 @@ def _extend(ledger: Ledger, state: LedgerState, kind: str, published: Published,
                             chunks=old["chunks"] + [_chunk(gen, rows.num_rows)])
             files = local_files(gen, published.ann, rows, vectors, staging)
         publish_generation(ledger, kind, manifest, files)
-    hidden = int(coverage(pa.concat_tables([published.rows, rows.select(published.rows.column_names)]),
-                          state).hidden.sum())
+    every = pa.concat_tables([published.rows, rows.select(published.rows.column_names)]) if rows.num_rows else \
+        published.rows
+    hidden = int(coverage(every, state, published.tombstones).hidden.sum())
     return IndexReport(kind, "extended", manifest["rows"], rows.num_rows, hidden, published.params.factory,
                        time.perf_counter() - start, gen)
 
@@ -166,9 +170,16 @@ def _files(ledger: Ledger, state: LedgerState, kind: str, segments: list[str]) -
 
 
 def _read(ledger: Ledger, path: str, columns: list[str], only: pa.Array | None) -> pa.Table:
+    """`columns` of the Parquet file `path`, only the rows of the videos `only` (None: all); a file holding
+    none of them is not read past its ids (a merged segment of old videos costs its id column)."""
     with ledger.fs.open(path, "rb") as fh:
-        table = pq.read_table(fh, columns=columns)
-    return table if only is None else table.filter(pc.is_in(table.column("video_id"), value_set=only))
+        if only is None:
+            return pq.read_table(fh, columns=columns)
+        parquet = pq.ParquetFile(fh)
+        keep = pc.is_in(parquet.read(columns=["video_id"]).column("video_id"), value_set=only)
+        if not pc.any(keep).as_py():
+            return parquet.schema_arrow.empty_table().select(columns)
+        return parquet.read(columns=columns).filter(keep)
 
 
 def _count(ledger: Ledger, path: str, only: pa.Array | None) -> int:

@@ -3,8 +3,10 @@
 A row of the index counts when its video is done *with the uri the index recorded*: a retired video is
 no longer done, and a video redone from another uri (`--redo-changed`) is done with a new one, so the
 old rows of both are hidden (never returned) whatever compaction did to their segments since — the
-rows are keyed by what the ledger says of the video, not by the file that held it. A done video with no
-counting row is *lacking*: the index covers the output when nothing lacks. Keys join video id and uri
+rows are keyed by what the ledger says of the video, not by the file that held it. A row once hidden is
+*tombstoned* for good (retired.py): a video moved from A to B and back to A is done with A again, but
+with the features of its third extraction, so its first row must not count again. A done video with
+no counting row is *lacking*: the index covers the output when nothing lacks. Keys join video id and uri
 with a NUL, which no id may hold (corpus checks refuse it); videos recorded without a uri use "".
 """
 from __future__ import annotations
@@ -58,10 +60,15 @@ def uris_of(state: LedgerState, ids: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.fill_null(pc.take(pc.fill_null(state.done_uris, ""), at), "")
 
 
-def coverage(rows: pa.Table, state: LedgerState) -> Coverage:
-    """The coverage of an index whose `rows` hold video_id and uri, against `state`."""
+def coverage(rows: pa.Table, state: LedgerState, tombstones: np.ndarray | None = None) -> Coverage:
+    """The coverage of an index whose `rows` hold video_id and uri, against `state`; `tombstones`: row
+    numbers that never count again."""
     done = done_keys(state)
     mine = keys(rows.column("video_id"), rows.column("uri"))
-    hidden = pc.invert(pc.is_in(mine, value_set=done)).to_numpy(zero_copy_only=False)
-    lacking = state.done_ids.filter(pc.invert(pc.is_in(done, value_set=mine)))
-    return Coverage(rows.num_rows, np.asarray(hidden, bool), lacking, len(state.done_ids))
+    dead = np.zeros(rows.num_rows, bool)
+    if tombstones is not None:
+        dead[np.asarray(tombstones, np.int64)] = True
+    hidden = np.asarray(pc.invert(pc.is_in(mine, value_set=done)).to_numpy(zero_copy_only=False), bool) | dead
+    counting = mine.filter(pa.array(~dead)) if dead.any() else mine
+    lacking = state.done_ids.filter(pc.invert(pc.is_in(done, value_set=counting)))
+    return Coverage(rows.num_rows, hidden, lacking, len(state.done_ids))

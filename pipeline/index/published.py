@@ -6,6 +6,7 @@
       <gen>.rows.parquet              the rows generation <gen> added: video_id, uri (the ledger's, "" when
                                       it has none)[, clip_index, start_s, end_s]
       <gen>.vectors.npy               their exact unit vectors (float32, or float16), read to re-rank
+      <gen>.tombstones.npy            int64 row numbers hidden for good (coverage.py, retired.py), if any
 
 A manifest names its generation `g<epoch>-<seq>` (the writer's ledger epoch: order without clocks), the
 parameters, the FAISS file, the chunks of rows and vectors (an extension adds a chunk and keeps the
@@ -49,6 +50,7 @@ class Published:
     ann: object
     rows: pa.Table
     exact: ExactVectors
+    tombstones: np.ndarray | None = None
 
     @property
     def params(self) -> AnnParams:
@@ -102,11 +104,22 @@ def _open(ledger: Ledger, kind: str, manifest: dict) -> Published:
         raise FileNotFoundError(path(manifest["faiss"]))
     ann = faiss.read_index(path(manifest["faiss"])) if local else faiss.deserialize_index(
         np.frombuffer(ledger.fs.cat_file(path(manifest["faiss"])), np.uint8))
-    read = (lambda name: path(name)) if local else (lambda name: io.BytesIO(ledger.fs.cat_file(path(name))))
-    rows = pa.concat_tables([pq.read_table(read(c["rows"])) for c in manifest["chunks"]])
+    rows, tombstones = read_rows_of(ledger, kind, manifest)
     vectors = [np.load(path(c["vectors"]), mmap_mode="r") if local else
                np.load(io.BytesIO(ledger.fs.cat_file(path(c["vectors"])))) for c in manifest["chunks"]]
-    return Published(manifest, ann, rows, ExactVectors(vectors[0] if len(vectors) == 1 else _Chunks(vectors)))
+    exact = ExactVectors(vectors[0] if len(vectors) == 1 else _Chunks(vectors))
+    return Published(manifest, ann, rows, exact, tombstones)
+
+
+def read_rows_of(ledger: Ledger, kind: str, manifest: dict, columns: list[str] | None = None
+                 ) -> tuple[pa.Table, np.ndarray | None]:
+    """The rows table (its `columns`, default all) and the tombstoned row numbers of `manifest`'s index."""
+    local = is_local(ledger.fs)
+    path = lambda name: ledger.path(folder(kind), name)          # noqa: E731
+    read = (lambda name: path(name)) if local else (lambda name: io.BytesIO(ledger.fs.cat_file(path(name))))
+    rows = pa.concat_tables([pq.read_table(read(c["rows"]), columns=columns) for c in manifest["chunks"]])
+    tombstones = np.load(read(manifest["tombstones"])) if manifest.get("tombstones") else None
+    return rows, tombstones
 
 
 class _Chunks:
@@ -151,7 +164,7 @@ def publish_generation(ledger: Ledger, kind: str, manifest: dict, files: dict[st
 
 def collect_garbage(ledger: Ledger, kind: str, manifest: dict) -> list[str]:
     """Delete files of `kind`'s index that `manifest` (the newest) does not name, and older manifests."""
-    named = {manifest["faiss"], f"manifest-{manifest['generation'][1:]}.json"}
+    named = {manifest["faiss"], f"manifest-{manifest['generation'][1:]}.json", manifest.get("tombstones")}
     named |= {c[f] for c in manifest["chunks"] for f in ("rows", "vectors")}
     listed = ledger.ls(folder(kind))
     ledger.check_fence()

@@ -65,7 +65,7 @@ def open_index(out: str, kind: str = "videos") -> tuple[Approximate | None, str]
     flag = " --clips" if kind == "clips" else ""
     if published is None:
         return None, f"exact: {out} has no {kind} index (`vidfeat index OUT{flag}` builds one)"
-    cover = coverage(published.rows, ledger.load())
+    cover = coverage(published.rows, ledger.load(), published.tombstones)
     if not cover.covers:
         return None, cover.reason(kind)
     approximate = Approximate(published.ann, published.params, published.exact, cover.hidden, published.rows)

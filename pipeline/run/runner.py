@@ -147,10 +147,13 @@ def _drift(ledger: Ledger, state, corpus: Corpus, config: Config, summary: RunSu
         log.warning("%d committed video(s) have another uri in the manifest than the one they were made from; "
                     "they keep their features (--redo-changed extracts them again)", changed.num_rows)
         return state
+    from pipeline.index.retired import tombstone_videos
     from pipeline.store.retire import retire
 
     summary.redone_changed = True
-    return retire(ledger, state, changed.column("video_id").to_pylist())
+    ids = changed.column("video_id").to_pylist()
+    tombstone_videos(ledger, ids)        # first: their index rows never count again, even from the same uri
+    return retire(ledger, state, ids)
 
 
 def _fingerprint(config: Config) -> tuple[str, str]:

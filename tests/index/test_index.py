@@ -149,6 +149,32 @@ def test_retired_and_redone_videos_never_come_back(output, data):
     assert sum(v == ids[0] for v in index.ids) == 2 and index.row[ids[0]] >= N      # its old row stays hidden
 
 
+def test_a_video_moved_away_and_back_counts_only_its_newest_row(output, data):
+    """A→B→A: redone from another uri, then from the first one again, with new features each time, and
+    the index not refreshed in between (a run killed after its commits). Its first row's key (id, uri A)
+    matches the ledger again, but that row was tombstoned before the first retirement: the index lacks
+    the video until refreshed, then answers with its third row only."""
+    from pipeline.index.retired import tombstone_videos
+    from pipeline.store.retire import retire
+
+    out, ids = output
+    moves = [("part-b", "/moved/{}.mp4", data.vectors[N:N + 1]), ("part-a", "/videos/{}.mp4", data.vectors[N + 1:N + 2])]
+    for part, uri, vector in moves:
+        ledger = Ledger(out)
+        state = ledger.claim()
+        tombstone_videos(ledger, ids[:1])                  # what a run does first (runner._drift)
+        retire(ledger, state, ids[:1])
+        commit(out, part, ids[:1], vector, uri=uri)
+    assert "lacks 1 of" in VideoIndex.from_output(out).how
+    assert _refresh(out).added == 1
+    index = VideoIndex.from_output(out)
+    assert index.approximate is not None and index.row[ids[0]] == N    # rows 0 .. N-1, then A again (B never indexed)
+    hit = index.search(data.vectors[N + 1:N + 2], 1)
+    assert hit.ids[0] == [ids[0]] and np.isclose(hit.scores[0, 0], 1, atol=1e-5)
+    first = index.search(data.vectors[:1], 10)
+    assert not [s for v, s in zip(first.ids[0], first.scores[0]) if v == ids[0] and s > 0.9999]   # row 0 never
+
+
 def test_compaction_keeps_it_valid_and_the_next_refresh_only_renames(output):
     from pipeline.store.compaction import compact
 
@@ -164,6 +190,20 @@ def test_compaction_keeps_it_valid_and_the_next_refresh_only_renames(output):
     assert new["segments"] == sorted(Ledger(out).load().segments) != old["segments"]
     assert sorted(os.listdir(os.path.join(out, "index", "videos"))) == sorted(
         [f"manifest-{new['generation'][1:]}.json", old["faiss"], old["chunks"][0]["rows"], old["chunks"][0]["vectors"]])
+
+
+def test_vidfeat_compact_leaves_the_index_naming_the_merged_segments(output, capsys):
+    """`vidfeat compact` alone (no run after it): the index's manifest names the merged segments at once,
+    with the same FAISS file and chunks, so the next refresh has nothing to read."""
+    out, ids = output
+    old = read_manifest(Ledger(out), "videos")
+    assert main(["compact", out, "--target-mb", "1000", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    new = read_manifest(Ledger(out), "videos")
+    assert report["segments_after"] == 1 and [i["action"] for i in report["indexes"]] == ["extended"]
+    assert new["segments"] == sorted(Ledger(out).load().segments) != old["segments"]
+    assert (new["faiss"], new["chunks"]) == (old["faiss"], old["chunks"])
+    assert _refresh(out).action == "unchanged"
 
 
 def test_a_killed_build_leaves_the_old_index_and_its_files_are_collected(output, data, monkeypatch):

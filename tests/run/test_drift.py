@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.index.build import build_index
 from pipeline.read.features import load_videos
+from pipeline.read.search import VideoIndex
 
 from pipeline.read.parts import read_table
 from pipeline.store.ledger import Ledger
@@ -38,6 +40,7 @@ def test_changed_uris_are_reported_then_redone_exactly_once(head_config, corpus,
     first = run_extract(manifest(tmp_path / "m1.parquet", {"x": a, "y": b, "z": c}), out, config, progress=False)
     assert (first.ok, first.changed) == (3, 0)
     before = embeddings(out)
+    build_index(out)                                 # a search index the redo must keep right
 
     drifted = manifest(tmp_path / "m2.parquet", {"x": c, "y": b, "z": c})
     kept = run_extract(drifted, out, config, progress=False)
@@ -59,6 +62,10 @@ def test_changed_uris_are_reported_then_redone_exactly_once(head_config, corpus,
     assert not np.array_equal(after["x"], before["x"])
     assert hdf5_ids(out) == {"x": c, "y": b, "z": c}
     assert verify(out)["ok"] and Ledger(out).load().done == {"x", "y", "z"}
+    index = VideoIndex.from_output(out)              # kept right by the run: x's old row never counts again
+    assert index.approximate is not None and len(index) == 3 and "covers all 3" in index.how
+    x = index.approximate.vectors(np.array([index.row["x"]]))[0]
+    np.testing.assert_allclose(x, after["x"] / np.linalg.norm(after["x"]), atol=1e-6)
 
     again = run_extract(drifted, out, config.replace(run={"redo_changed": True}), progress=False)
     assert (again.ok, again.skipped, again.changed) == (0, 3, 0)
