@@ -125,7 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     require_output(args.out)
     report = status(args.out, source=args.source)
     if args.json:
-        print(json.dumps({**report, "indexes": [dataclasses.asdict(i) for i in indexes]}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
         print(f"{printable(args.out)}: {report['done']} done, {report['failed']} failed, "
               f"{report['pending'] if report['pending'] is not None else '?'} pending; {report['parts']} parts")
@@ -141,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     require_output(args.out)
     report = verify(args.out)
     if args.json:
-        print(json.dumps({**report, "indexes": [dataclasses.asdict(i) for i in indexes]}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
         print(f"{printable(args.out)}: {report['videos']} videos, {report['clips']} clips in {report['parts']} parts")
         for problem in report["problems"]:
