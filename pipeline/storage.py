@@ -257,9 +257,18 @@ def _ride_out(attempt, what: str, exc: Exception, first: float, patience: float,
 
 
 def _failed(exc: Exception, what: str, tries: int) -> None:
-    """Raise StorageError now when `exc` cannot pass by trying again."""
+    """Raise StorageError now when `exc` cannot pass by trying again; FileNotFoundError for a store's own
+    "no such object" that its fsspec layer let through untranslated (`not_found`)."""
+    if not_found(exc):
+        raise FileNotFoundError(errno.ENOENT, f"storage: {what}: {_named(exc)}") from exc
     if not transient(exc):
         raise StorageError(errno.EIO, f"storage: {what} failed ({_tries(tries)}): {_named(exc)}") from exc
+
+
+def not_found(exc: BaseException) -> bool:
+    """A store's "no such object" under another name: Azure's ResourceNotFoundError (adlfs lets it through
+    from a read of a blob deleted since it was opened: a file a compaction replaced), an HTTP 404."""
+    return "NotFound" in type(exc).__name__ or 404 in (getattr(exc, "status_code", None), getattr(exc, "status", None))
 
 
 def transient(exc: BaseException) -> bool:

@@ -121,6 +121,24 @@ def test_final_answers_are_raised_at_once_even_during_an_outage():
     assert len(made) == 1 and not fake.slept
 
 
+def test_a_store_s_own_not_found_is_file_not_found_at_once():
+    """Azure's ResourceNotFoundError (adlfs lets it through from a read of a blob deleted meanwhile) and
+    an HTTP 404: FileNotFoundError at the first try, which the readers answer by reading again from a
+    fresh ledger state (read/parts.py), not an I/O error."""
+    class ResourceNotFoundError(Exception):
+        status_code = 404
+
+    class HTTPError(Exception):
+        status = 404
+
+    for error in (ResourceNotFoundError("The specified blob does not exist."), HTTPError("gone")):
+        fake = FakeTime()
+        attempt, made = tries(fake, [error])
+        with pytest.raises(FileNotFoundError, match="blob does not exist|gone"):
+            patient(fake, attempt)
+        assert len(made) == 1 and not fake.slept
+
+
 def test_a_success_after_failures_returns_and_ends_the_outage():
     fake, outage = FakeTime(), Outage()
     attempt, made = tries(fake, [ConnectionRefusedError("refused")] * 3 + ["listing"])
