@@ -32,6 +32,22 @@ os.environ.update(LOOPBACK_ENV)        # before anything imports ray: it reads t
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
+# The test files that take longest (whole runs, servers, Slurm), longest first: collected first, so the
+# two pytest-xdist workers (`--dist loadfile`, pyproject.toml) start on them and finish on short files,
+# not one of them alone on a long one at the end. Only the order changes; every test still runs.
+LONGEST_FIRST = ("run/test_stop_phases.py", "store/test_storage_faults.py", "store/test_object_stores.py",
+                 "run/test_pipeline.py", "cli/test_exit_codes.py", "run/test_reliability.py", "jobs/test_slurm.py",
+                 "store/test_protocol_stateful.py", "run/test_graceful_stop.py", "run/test_cluster.py",
+                 "run/test_metrics.py", "run/test_ray_reaper.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)                      # stable: within a file, and for the rest, the order collected
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
