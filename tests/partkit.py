@@ -35,6 +35,15 @@ def build_output(out: str, parts: int = PARTS) -> None:
         ledger.record(part, [v["video_id"] for v in videos], failures)
 
 
+def build_output_on_s3(s3: dict, tmp_path, name: str, parts: int = PARTS) -> str:
+    """`build_output` on local disk, copied to `s3://<bucket>/<name>` of the `s3` fixture; its URL."""
+    local = str(tmp_path / "out")
+    build_output(local, parts=parts)
+    url = f"s3://{s3['bucket']}/{name}"
+    s3["fs"].put(local, url.removeprefix("s3://"), recursive=True)
+    return url
+
+
 def snapshot(out: str) -> dict:
     """What readers see: ids, numbers, clip layout (Parquet and HDF5)."""
     videos, clips = load_videos(out, fields=("embedding", "probs")), load_clips(out, source="hdf5")

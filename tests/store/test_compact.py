@@ -25,7 +25,7 @@ from pipeline.store.ledger import Ledger
 from pipeline.read.verify import verify
 
 from conftest import run_cli
-from partkit import PARTS, assert_same, build_output, snapshot
+from partkit import PARTS, assert_same, build_output, build_output_on_s3, snapshot
 
 
 def live_files(out: str, sub: str) -> list[str]:
@@ -205,10 +205,7 @@ def test_the_lease_of_a_killed_writer_does_not_block_the_next(output):
 
 @pytest.mark.parametrize("point", ["compact.record@1", "compact.publish@1", "fold.records"])
 def test_compaction_on_object_storage_killed_then_finished(s3, tmp_path, point):
-    local = str(tmp_path / "out")
-    build_output(local, parts=6)
-    url = f"s3://{s3['bucket']}/compact-{point.replace('@', '-').replace('.', '-')}"
-    s3["fs"].put(local, url.removeprefix("s3://"), recursive=True)
+    url = build_output_on_s3(s3, tmp_path, f"compact-{point.replace('@', '-').replace('.', '-')}", parts=6)
     before = snapshot(url)
     killed = run_cli("compact", url, "--target-mb", "0.02", env_extra={**s3["env"], "VIDFEAT_FAILPOINTS": point})
     assert killed.returncode == -9, killed.stderr[-2000:]

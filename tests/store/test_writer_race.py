@@ -21,7 +21,7 @@ from pipeline.store.ledger import Ledger
 
 from conftest import ray_env, wait_for
 from held import Held
-from partkit import assert_same, build_output, snapshot
+from partkit import assert_same, build_output, build_output_on_s3, snapshot
 
 REFUSED = "is being written by another run or compaction"
 
@@ -62,10 +62,7 @@ def test_two_writers_starting_together_on_local_disk(tmp_path, point):
 
 @pytest.mark.parametrize("point", ["lease.published", "claim.create"])
 def test_two_writers_starting_together_on_s3(s3, tmp_path, point):
-    local = str(tmp_path / "out")
-    build_output(local, parts=6)
-    url = f"s3://{s3['bucket']}/race-{point.replace('.', '-')}"
-    s3["fs"].put(local, url.removeprefix("s3://"), recursive=True)
+    url = build_output_on_s3(s3, tmp_path, f"race-{point.replace('.', '-')}", parts=6)
     before = snapshot(url)
     assert_one_went_on(race(url, point, tmp_path, s3["env"]), url, before)
     assert not [p for p in Ledger(url).ls(".writers") if p.endswith(".json")]  # both released (markers stay)
