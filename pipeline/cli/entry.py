@@ -62,21 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--dump-frames", metavar="DIR")
     p.set_defaults(func=cmd_inspect)
-    p = sub.add_parser("search", help="nearest committed videos (cosine) of a video or of query embeddings")
-    add_search_arguments(p)
-    p.set_defaults(func=cmd_search)
-    p = sub.add_parser("index", help="build or extend the approximate index of an output's embeddings (faiss)")
-    add_index_arguments(p)
-    p.set_defaults(func=cmd_index)
-    p = sub.add_parser("dedup", help="groups of near-duplicate videos (or moments) as Parquet, with a report")
-    add_dedup_arguments(p)
-    p.set_defaults(func=cmd_dedup)
-    p = sub.add_parser("report", help="one self-contained HTML page: runs, failures, distributions, neighbours")
-    add_report_arguments(p)
-    p.set_defaults(func=cmd_report)
-    p = sub.add_parser("plan", help="preflight: probe a sample, estimate hours, failures, vCPU/GPU-hours, nodes")
-    add_plan_arguments(p)
-    p.set_defaults(func=cmd_plan)
+    for name, text, add_arguments, func in (       # commands whose arguments their own module declares
+            ("search", "nearest committed videos (cosine) of a video or of query embeddings",
+             add_search_arguments, cmd_search),
+            ("index", "build or extend the approximate index of an output's embeddings (faiss)",
+             add_index_arguments, cmd_index),
+            ("dedup", "groups of near-duplicate videos (or moments) as Parquet, with a report",
+             add_dedup_arguments, cmd_dedup),
+            ("report", "one self-contained HTML page: runs, failures, distributions, neighbours",
+             add_report_arguments, cmd_report),
+            ("plan", "preflight: probe a sample, estimate hours, failures, vCPU/GPU-hours, nodes",
+             add_plan_arguments, cmd_plan)):
+        p = sub.add_parser(name, help=text)
+        add_arguments(p)
+        p.set_defaults(func=func)
     p = sub.add_parser("demo", help="run the pipeline on sample videos it generates (random tiny model)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--no-progress", action="store_true")
