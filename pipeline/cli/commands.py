@@ -259,9 +259,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_report_arguments(ap: argparse.ArgumentParser) -> None:
-    from pipeline.report import page as report
-
-    report.add_report_arguments(ap)
+    """Declared here, not in pipeline/report/page.py: building the parser loads no reader (nor torch)."""
+    ap.add_argument("out", help="output directory (local path or fsspec URL)")
+    ap.add_argument("--html", help="where to write the page (default: OUT/report.html)")
+    ap.add_argument("--queries", type=int, default=4, help="videos shown in the neighbour gallery")
+    ap.add_argument("--top", type=int, default=4, help="neighbours shown per video")
 
 
 def add_search_arguments(ap: argparse.ArgumentParser) -> None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.read.features import SOURCES, lookup_videos
-from pipeline.read.search import Hits, VideoIndex, rank_classes, read_class_names
 from pipeline.text import printable
+
+if TYPE_CHECKING:                  # torch loads with pipeline.read.search: only a search needs it
+    from pipeline.read.search import Hits, VideoIndex
 
 
 # ====================================================================== CLI
@@ -43,6 +46,8 @@ def add_search_arguments(ap: argparse.ArgumentParser) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """`vidfeat search`: print each query's nearest committed videos (id, cosine score, uri)."""
+    from pipeline.read.search import VideoIndex, read_class_names
+
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     if args.clips:
@@ -117,6 +122,8 @@ def _hit_rows(hits: Hits, q: int) -> list[dict]:
 
 
 def _add_classes(report: list[dict], out: str, names: dict[int, str], k: int) -> None:
+    from pipeline.read.search import rank_classes
+
     ids = list(dict.fromkeys(h["video_id"] for q in report for h in q["hits"]))
     probs = lookup_videos(out, ids, ("probs",)).probs if ids else np.zeros((0, 0), np.float32)
     row = {vid: i for i, vid in enumerate(ids)}

@@ -25,7 +25,6 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from pipeline.errors import ConfigError
 from pipeline.read.parts import H5Part, consistent, h5_parts, iter_tables, read_table
@@ -77,8 +76,10 @@ class VideoFeatures(_ByVideo):
     logits: np.ndarray | None = None
     probs: np.ndarray | None = None
 
-    def tensor(self, field: str = "embedding") -> torch.Tensor:
+    def tensor(self, field: str = "embedding") -> "torch.Tensor":
         """A field as a torch tensor sharing memory with the array (no copy)."""
+        import torch
+
         return torch.from_numpy(_field(self, field))
 
 
@@ -107,8 +108,10 @@ class ClipFeatures(_ByVideo):
         i = self.row[video_id]
         return _field(self, field)[self.offset[i]:self.offset[i + 1]]
 
-    def sequences(self, field: str = "embedding") -> list[torch.Tensor]:
+    def sequences(self, field: str = "embedding") -> list["torch.Tensor"]:
         """One tensor per video, [L_i, ...] views of `field` in commit order (for `pad_sequence`)."""
+        import torch
+
         data = torch.from_numpy(_field(self, field))
         return list(torch.split(data, np.diff(self.offset).tolist()))
 

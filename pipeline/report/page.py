@@ -277,13 +277,6 @@ justify-content:center;text-align:center;font-size:11px;overflow:hidden}code{fon
 
 # ====================================================================== CLI
 
-def add_report_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("out", help="output directory (local path or fsspec URL)")
-    ap.add_argument("--html", help="where to write the page (default: OUT/report.html)")
-    ap.add_argument("--queries", type=int, default=4, help="videos shown in the neighbour gallery")
-    ap.add_argument("--top", type=int, default=4, help="neighbours shown per video")
-
-
 def write_report(out: str, html: str | None = None, queries: int = 4, k: int = 4) -> str:
     """Gather, render and publish the page; returns where it was written."""
     target = html or Ledger(out).url("report.html")
