@@ -32,13 +32,16 @@ os.environ.update(LOOPBACK_ENV)        # before anything imports ray: it reads t
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
-# The test files that take longest (whole runs, servers, Slurm), longest first: collected first, so the
-# two pytest-xdist workers (`--dist loadfile`, pyproject.toml) start on them and finish on short files,
-# not one of them alone on a long one at the end. Only the order changes; every test still runs.
+# The test files that take longest (whole runs, servers, Slurm), longest first (their summed durations,
+# BENCHMARKS.md "The test suite's time"): collected first, so the two pytest-xdist workers (`--dist
+# loadfile`, pyproject.toml) start on them and finish on short files, not one of them alone on a long one
+# at the end. xdist keeps this order only with `--no-loadscope-reorder` (pyproject.toml); by default it
+# sends the files with most tests first. Only the order changes; every test still runs.
 LONGEST_FIRST = ("run/test_stop_phases.py", "store/test_storage_faults.py", "store/test_object_stores.py",
-                 "run/test_pipeline.py", "cli/test_exit_codes.py", "run/test_reliability.py", "jobs/test_slurm.py",
-                 "store/test_protocol_stateful.py", "run/test_graceful_stop.py", "run/test_cluster.py",
-                 "run/test_metrics.py", "run/test_ray_reaper.py")
+                 "jobs/test_slurm.py", "run/test_pipeline.py", "run/test_reliability.py", "cli/test_exit_codes.py",
+                 "run/test_cluster.py", "store/test_compact.py", "store/test_protocol_stateful.py",
+                 "run/test_ray_reaper.py", "run/test_graceful_stop.py", "benchmarks/test_gpu_check.py",
+                 "run/test_metrics.py", "cli/test_demo.py")
 
 
 def pytest_collection_modifyitems(items) -> None:
