@@ -150,11 +150,11 @@ def read_rows(ledger: Ledger, state: LedgerState, kind: str, segments: list[str]
     `only` (None: all), in segment order; vectors written to the .npy file `path` (memory-mapped)."""
     files = _files(ledger, state, kind, segments)
     columns = ["video_id", "embedding", *(CLIP_COLUMNS if kind == "clips" else ())]
-    count = sum(_count(ledger, f, only) for f in files)
+    counts = [_count(ledger, f, only) for f in files]            # a file with none of `only` is not read again
     dim = _dim(ledger, files)
-    vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=(count, dim))
+    vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=(sum(counts), dim))
     tables, at = [], 0
-    for f in files:
+    for f in (f for f, n in zip(files, counts) if n):
         table = _read(ledger, f, columns, only)
         vectors[at:at + table.num_rows] = unit(float_matrix(table.column("embedding")))
         at += table.num_rows
