@@ -15,7 +15,7 @@ def add_index_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rebuild", action="store_true",
                     help="build anew even where an index exists (default: extend it with what it lacks)")
     ap.add_argument("--factory", help="FAISS index_factory string (default: chosen by size, see BENCHMARKS.md)")
-    ap.add_argument("--nprobe", type=int, help="inverted lists visited per query (with --factory)")
+    ap.add_argument("--nprobe", type=int, help="inverted lists visited per query, or an HNSW factory's efSearch (with --factory)")
     ap.add_argument("--rerank", type=int, help="candidates per query re-ranked exactly (with --factory)")
     ap.add_argument("--float16", action="store_true", help="keep the exact vectors for re-ranking as float16")
     ap.add_argument("--json", action="store_true")

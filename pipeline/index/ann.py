@@ -8,7 +8,9 @@ are re-ranked with the exact vectors.
 The IVF index proposes `params.rerank` candidates per query from its compressed codes (4-bit product
 quantisation, FAISS's fast-scan kernels); `ExactVectors` scores those candidates with the exact vectors
 (in memory, or a memory-mapped file: read only to re-rank) and the top k are kept. Rows that must not
-be returned (a retired video, the query itself) are masked among the candidates. FAISS uses as many
+be returned (a retired video, the query itself) are masked among the candidates. A graph over compressed
+codes (`--factory HNSW32_PQ192`: BENCHMARKS.md, "the batch frontier") is built and searched the same way,
+`nprobe` then being its efSearch. FAISS uses as many
 OpenMP threads as this process may run on (`set_threads`), or `OMP_NUM_THREADS` when set.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from pipeline.errors import ConfigError
 
 TRAIN_PER_LIST = 64          # training rows per inverted list (FAISS warns under 39)
+TRAIN_CODES = 65536          # training rows of an index without lists (an HNSW graph's PQ: 256 × 256)
 ADD_CHUNK = 65536
 SCORE_QUERIES = 16           # queries whose candidates are gathered at once to re-rank
 EXACT_BELOW = 4096           # fewer vectors than this: a flat index (IVF cannot be trained well)
@@ -30,8 +33,9 @@ DENSE_ABOVE = 2_000_000      # more vectors than this: finer codes (choose_param
 
 @dataclass(frozen=True)
 class AnnParams:
-    """factory: a FAISS `index_factory` string; nprobe: inverted lists visited per query; rerank:
-    candidates per query scored with the exact vectors (at least k)."""
+    """factory: a FAISS `index_factory` string; nprobe: inverted lists visited per query (an HNSW graph's
+    efSearch, for an `HNSW...` factory); rerank: candidates per query scored with the exact vectors (at
+    least k)."""
 
     factory: str
     nprobe: int
@@ -93,20 +97,28 @@ def unit(vectors) -> np.ndarray:
 
 def build_ann(vectors: np.ndarray, params: AnnParams, seed: int = 0):
     """A FAISS index of `params.factory` over unit float32 [N, D] `vectors` (inner product): trained on a
-    seeded sample of TRAIN_PER_LIST rows per list, then every row added in order (row i is id i)."""
+    seeded sample (`_train_rows`), then every row added in order (row i is id i)."""
     import faiss
 
     set_threads()
     index = faiss.index_factory(vectors.shape[1], params.factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        lists = faiss.extract_index_ivf(index).nlist
-        if len(vectors) < lists:
-            raise ConfigError(f"{params.factory} needs at least {lists} vectors to train, got {len(vectors)}")
-        sample = np.random.default_rng(seed).choice(len(vectors), min(len(vectors), TRAIN_PER_LIST * lists),
-                                                    replace=False)
+        rows = min(len(vectors), _train_rows(index, params, len(vectors)))
+        sample = np.random.default_rng(seed).choice(len(vectors), rows, replace=False)
         index.train(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32))
     add_vectors(index, vectors)
     return index
+
+
+def _train_rows(index, params: AnnParams, n: int) -> int:
+    """Rows to train on: TRAIN_PER_LIST per inverted list (an IVF index, which needs one per list at
+    least), else TRAIN_CODES (the codes of a graph or a flat index: a PQ's 256 centroids per sub-space)."""
+    ivf = _ivf(index)
+    if ivf is None:
+        return TRAIN_CODES
+    if n < ivf.nlist:
+        raise ConfigError(f"{params.factory} needs at least {ivf.nlist} vectors to train, got {n}")
+    return TRAIN_PER_LIST * ivf.nlist
 
 
 def add_vectors(index, vectors: np.ndarray) -> None:
@@ -161,12 +173,8 @@ def search_ann(index, params: AnnParams, queries: np.ndarray, k: int, *, exact: 
     """The k best rows of each unit query float32 [Q, D]: (cosines float32 [Q, k], rows int64 [Q, k]), best
     first, -1 / -inf where fewer exist. `hidden` bool [N]: rows never returned; `exclude` int64 [Q]: one
     row to leave out per query (-1: none)."""
-    import faiss
-
     wanted = max(k, params.rerank) + (1 if exclude is not None else 0)
-    ivf = _ivf(index)
-    extra = {"params": faiss.SearchParametersIVF(nprobe=params.nprobe)} if ivf is not None else {}
-    _, rows = index.search(queries, min(wanted, max(index.ntotal, 1)), **extra)
+    _, rows = index.search(queries, min(wanted, max(index.ntotal, 1)), **search_parameters(index, params))
     rows = _masked(rows, hidden, exclude)
     scores = exact.score(queries, rows)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -183,6 +191,17 @@ def _masked(rows: np.ndarray, hidden: np.ndarray | None, exclude: np.ndarray | N
     if exclude is not None:
         rows[rows == np.asarray(exclude, np.int64)[:, None]] = -1
     return rows
+
+
+def search_parameters(index, params: AnnParams) -> dict:
+    """FAISS's search parameters for `index`: nprobe of an IVF index, efSearch of an HNSW graph."""
+    import faiss
+
+    if _ivf(index) is not None:
+        return {"params": faiss.SearchParametersIVF(nprobe=params.nprobe)}
+    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+        return {"params": faiss.SearchParametersHNSW(efSearch=params.nprobe)}
+    return {}
 
 
 def _ivf(index):

@@ -44,7 +44,8 @@ class Approximate:
 
     def describe(self) -> str:
         p = self.params
-        return f"{p.factory}, {p.nprobe} lists probed, {p.rerank} candidates re-ranked exactly"
+        searched = f"efSearch {p.nprobe}" if p.factory.startswith("HNSW") else f"{p.nprobe} lists probed"
+        return f"{p.factory}, {searched}, {p.rerank} candidates re-ranked exactly"
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The exact unit vectors float32 [len(rows), D] of `rows`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -53,6 +54,32 @@ def test_built_from_arrays_it_finds_what_exact_search_finds(data):
     np.testing.assert_allclose(got.scores, cosines, atol=1e-5)                       # re-ranked: exact scores
     queries = data.vectors[N:N + 50]
     assert recall(exact.search(queries, 10), approx.search(queries, 10)) >= 0.95
+
+
+def test_a_graph_index_is_built_searched_with_its_efsearch_and_extended(tmp_path, data):
+    """A graph (`--factory HNSW16`, or HNSW16_PQ8 over PQ codes: no inverted lists, trained on
+    TRAIN_CODES rows) searched with nprobe as its efSearch: a wider search finds more. Published, then
+    extended, like an IVF index."""
+    from pipeline.index.searcher import Approximate
+
+    exact = VideoIndex([str(i) for i in range(N)], data.vectors[:N], device="cpu")
+    truth = exact.search(data.vectors[N:N + 200], 10)
+    graph = Approximate.from_arrays(data.vectors[:N], AnnParams("HNSW16", 10, 10))
+
+    def found(ef: int) -> float:
+        graph.params = AnnParams("HNSW16", ef, 10)
+        rows = graph.search(data.vectors[N:N + 200], 10)[1]
+        return recall(truth, SimpleNamespace(ids=[[str(r) for r in row] for row in rows]))
+    narrow, wide = found(10), found(200)
+    assert wide >= 0.95 and wide > narrow, (narrow, wide)
+    out = str(tmp_path / "out")
+    commit_parts(out, data.vectors[:N], per_part=N // 2)
+    build_index(out, params=AnnParams("HNSW16_PQ8", 64, 50))
+    commit(out, "part-new", ["new0"], data.vectors[N:N + 1])
+    assert _refresh(out).added == 1
+    index = VideoIndex.from_output(out)
+    assert index.approximate is not None and "efSearch 64" in index.how
+    assert index.search(data.vectors[N], 1).ids == [["new0"]]
 
 
 def test_a_small_collection_is_searched_exactly_by_a_flat_index(data):
