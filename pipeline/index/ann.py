@@ -204,6 +204,15 @@ def search_parameters(index, params: AnnParams) -> dict:
     return {}
 
 
+def search_phrase(index, params: AnnParams) -> str:
+    """How wide a search of `index` goes, in words: "48 lists probed", or "efSearch 24" for a graph."""
+    import faiss
+
+    knob = search_parameters(index, params).get("params")
+    return f"efSearch {params.nprobe}" if isinstance(knob, faiss.SearchParametersHNSW) else \
+        f"{params.nprobe} lists probed"
+
+
 def _ivf(index):
     import faiss
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline.index.ann import AnnParams, ExactVectors, build_ann, choose_params, search_ann, unit
+from pipeline.index.ann import AnnParams, ExactVectors, build_ann, choose_params, search_ann, search_phrase, unit
 from pipeline.index.coverage import coverage
 from pipeline.index.published import load_published
 from pipeline.store.ledger import Ledger
@@ -44,8 +44,7 @@ class Approximate:
 
     def describe(self) -> str:
         p = self.params
-        searched = f"efSearch {p.nprobe}" if p.factory.startswith("HNSW") else f"{p.nprobe} lists probed"
-        return f"{p.factory}, {searched}, {p.rerank} candidates re-ranked exactly"
+        return f"{p.factory}, {search_phrase(self.ann, p)}, {p.rerank} candidates re-ranked exactly"
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The exact unit vectors float32 [len(rows), D] of `rows`."""
