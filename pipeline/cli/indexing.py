@@ -49,7 +49,8 @@ def _params(args: argparse.Namespace):
         if args.nprobe is not None or args.rerank is not None:
             raise ConfigError("--nprobe and --rerank go with --factory")
         return None
-    return AnnParams(args.factory, args.nprobe or 16, args.rerank if args.rerank is not None else 100)
+    return AnnParams(args.factory, 16 if args.nprobe is None else args.nprobe,
+                     100 if args.rerank is None else args.rerank)
 
 
 def add_dedup_arguments(ap: argparse.ArgumentParser) -> None:

@@ -41,6 +41,11 @@ class AnnParams:
     nprobe: int
     rerank: int
 
+    def __post_init__(self) -> None:
+        if self.nprobe < 1 or self.rerank < 0:           # FAISS would fail at every search, not here
+            raise ConfigError(f"index {self.factory}: nprobe must be at least 1 and rerank at least 0, got "
+                              f"nprobe {self.nprobe}, rerank {self.rerank}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

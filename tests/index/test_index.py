@@ -311,6 +311,17 @@ def test_cli_index_then_search_says_which_search_it_ran(tmp_path, data, capsys):
     assert main(["index", out]) == 0 and "videos index unchanged" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flags", [["--nprobe", "-5"], ["--nprobe", "0"], ["--rerank", "-1"]])
+def test_a_search_width_no_search_could_use_is_refused_before_anything_is_built(output, capsys, flags):
+    """Accepted, `--nprobe -5` was published, and every later search failed with exit 70 (an overflow in
+    FAISS's parameters)."""
+    out, _ = output
+    before = read_manifest(Ledger(out), "videos")
+    assert main(["index", out, "--rebuild", "--factory", "IVF64,SQ8", *flags]) == 2
+    assert "nprobe must be at least 1 and rerank at least 0" in capsys.readouterr().err
+    assert read_manifest(Ledger(out), "videos") == before
+
+
 def test_a_run_extends_the_index_in_its_upkeep(output, data):
     from types import SimpleNamespace
 
