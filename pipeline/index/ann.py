@@ -204,7 +204,7 @@ def search_parameters(index, params: AnnParams) -> dict:
 
     if _ivf(index) is not None:
         return {"params": faiss.SearchParametersIVF(nprobe=params.nprobe)}
-    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+    if _graph(index) is not None:               # behind a transform too: FAISS passes the parameters on
         return {"params": faiss.SearchParametersHNSW(efSearch=params.nprobe)}
     return {}
 
@@ -216,6 +216,16 @@ def search_phrase(index, params: AnnParams) -> str:
     knob = search_parameters(index, params).get("params")
     return f"efSearch {params.nprobe}" if isinstance(knob, faiss.SearchParametersHNSW) else \
         f"{params.nprobe} lists probed"
+
+
+def _graph(index):
+    """The HNSW graph `index` searches (itself, or the index behind its transforms: `PCA64,HNSW32`), or None."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index if isinstance(index, faiss.IndexHNSW) else None
 
 
 def _ivf(index):

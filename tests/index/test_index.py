@@ -56,22 +56,27 @@ def test_built_from_arrays_it_finds_what_exact_search_finds(data):
     assert recall(exact.search(queries, 10), approx.search(queries, 10)) >= 0.95
 
 
-def test_a_graph_index_is_built_searched_with_its_efsearch_and_extended(tmp_path, data):
-    """A graph (`--factory HNSW16`, or HNSW16_PQ8 over PQ codes: no inverted lists, trained on
-    TRAIN_CODES rows) searched with nprobe as its efSearch: a wider search finds more. Published, then
-    extended, like an IVF index."""
+@pytest.mark.parametrize("factory", ["HNSW16", f"RR{DIM},HNSW16"])
+def test_a_graph_is_searched_with_nprobe_as_its_efsearch(data, factory):
+    """A graph (`--factory HNSW16`, or behind a transform, a random rotation here: no inverted lists, trained on TRAIN_CODES rows)
+    searched with nprobe as its efSearch: a wider search finds more, and `describe` says efSearch."""
     from pipeline.index.searcher import Approximate
 
     exact = VideoIndex([str(i) for i in range(N)], data.vectors[:N], device="cpu")
     truth = exact.search(data.vectors[N:N + 200], 10)
-    graph = Approximate.from_arrays(data.vectors[:N], AnnParams("HNSW16", 10, 10))
+    graph = Approximate.from_arrays(data.vectors[:N], AnnParams(factory, 10, 10))
 
     def found(ef: int) -> float:
-        graph.params = AnnParams("HNSW16", ef, 10)
+        graph.params = AnnParams(factory, ef, 10)
         rows = graph.search(data.vectors[N:N + 200], 10)[1]
         return recall(truth, SimpleNamespace(ids=[[str(r) for r in row] for row in rows]))
     narrow, wide = found(10), found(200)
     assert wide >= 0.95 and wide > narrow, (narrow, wide)
+    assert "efSearch 200" in graph.describe()
+
+
+def test_a_graph_over_pq_codes_is_published_and_extended(tmp_path, data):
+    """HNSW16_PQ8 (a graph over PQ codes) is published, then extended, like an IVF index."""
     out = str(tmp_path / "out")
     commit_parts(out, data.vectors[:N], per_part=N // 2)
     build_index(out, params=AnnParams("HNSW16_PQ8", 64, 50))
