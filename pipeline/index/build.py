@@ -150,12 +150,15 @@ def read_rows(ledger: Ledger, state: LedgerState, kind: str, segments: list[str]
     `only` (None: all), in segment order; vectors written to the .npy file `path` (memory-mapped)."""
     files = _files(ledger, state, kind, segments)
     columns = ["video_id", "embedding", *(CLIP_COLUMNS if kind == "clips" else ())]
-    counts = [_count(ledger, f, only) for f in files]            # a file with none of `only` is not read again
+    picked = [_selected(ledger, f, only) for f in files]         # a file with none of `only` is not read again
     dim = _dim(ledger, files)
-    vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=(sum(counts), dim))
+    shape = (sum(count for count, _ in picked), dim)
+    vectors = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
     tables, at = [], 0
-    for f in (f for f, n in zip(files, counts) if n):
-        table = _read(ledger, f, columns, only)
+    for f, (count, keep) in zip(files, picked):
+        if not count:
+            continue
+        table = _read(ledger, f, columns, keep)
         vectors[at:at + table.num_rows] = unit(float_matrix(table.column("embedding")))
         at += table.num_rows
         tables.append(table.drop_columns(["embedding"]))
@@ -169,24 +172,22 @@ def _files(ledger: Ledger, state: LedgerState, kind: str, segments: list[str]) -
     return [p for p in ledger.committed_files(kind, state) if parse(p.rsplit("/", 1)[-1])[0] in wanted]
 
 
-def _read(ledger: Ledger, path: str, columns: list[str], only: pa.Array | None) -> pa.Table:
-    """`columns` of the Parquet file `path`, only the rows of the videos `only` (None: all); a file holding
-    none of them is not read past its ids (a merged segment of old videos costs its id column)."""
+def _selected(ledger: Ledger, path: str, only: pa.Array | None) -> tuple[int, pa.Array | None]:
+    """The rows of the Parquet file `path` that hold the videos `only`: (how many, a mask; None: every
+    row, from the footer). Only the id column is read: a merged segment of old videos costs no more."""
     with ledger.fs.open(path, "rb") as fh:
-        if only is None:
-            return pq.read_table(fh, columns=columns)
         parquet = pq.ParquetFile(fh)
+        if only is None:
+            return parquet.metadata.num_rows, None
         keep = pc.is_in(parquet.read(columns=["video_id"]).column("video_id"), value_set=only)
-        if not pc.any(keep).as_py():
-            return parquet.schema_arrow.empty_table().select(columns)
-        return parquet.read(columns=columns).filter(keep)
+        return int(pc.sum(keep).as_py() or 0), keep
 
 
-def _count(ledger: Ledger, path: str, only: pa.Array | None) -> int:
-    if only is None:
-        with ledger.fs.open(path, "rb") as fh:
-            return pq.ParquetFile(fh).metadata.num_rows
-    return _read(ledger, path, ["video_id"], only).num_rows
+def _read(ledger: Ledger, path: str, columns: list[str], keep: pa.Array | None) -> pa.Table:
+    """`columns` of the Parquet file `path`, the rows `keep` marks (None: all)."""
+    with ledger.fs.open(path, "rb") as fh:
+        table = pq.ParquetFile(fh).read(columns=columns)
+    return table if keep is None else table.filter(keep)
 
 
 def _dim(ledger: Ledger, files: list[str]) -> int:
