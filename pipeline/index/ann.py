@@ -6,7 +6,7 @@ are re-ranked with the exact vectors.
     scores, rows = search_ann(ann, params, queries, k, exact=ExactVectors(unit_vectors))
 
 The IVF index proposes `params.rerank` candidates per query from its compressed codes (4-bit product
-quantisation, FAISS's fast-scan kernels); `ExactVectors` scores those candidates with the exact vectors
+quantisation of each vector's residual from its list's centre, FAISS's fast-scan kernels); `ExactVectors` scores those candidates with the exact vectors
 (in memory, or a memory-mapped file: read only to re-rank) and the top k are kept. Rows that must not
 be returned (a retired video, the query itself) are masked among the candidates. A graph over compressed
 codes (`--factory HNSW32_PQ192`: BENCHMARKS.md, "the batch frontier") is built and searched the same way,
@@ -28,7 +28,9 @@ TRAIN_CODES = 65536          # training rows of an index without lists (an HNSW 
 ADD_CHUNK = 65536
 SCORE_QUERIES = 16           # queries whose candidates are gathered at once to re-rank
 EXACT_BELOW = 4096           # fewer vectors than this: a flat index (IVF cannot be trained well)
-DENSE_ABOVE = 2_000_000      # more vectors than this: finer codes (choose_params)
+DENSE_ABOVE = 2_000_000      # more vectors than this: more lists probed (choose_params)
+NPROBE_SHARE = 64            # one list in this many probed (choose_params)
+RERANK = 50                  # candidates re-ranked with the exact vectors (choose_params)
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,19 @@ class AnnParams:
 def choose_params(n: int, dim: int) -> AnnParams:
     """The index for `n` vectors of `dim` dimensions, chosen by measurement (BENCHMARKS.md, "Index"):
     about 2·√n inverted lists (a power of two, at least 39 training vectors each), 4-bit product
-    quantisation of 4-dimension sub-vectors (FAISS fast-scan: dim/8 bytes a vector; 1 M × 768-d: recall
-    0.958), of 2-dimension ones below 512 dimensions or above DENSE_ABOVE vectors (dim/4 bytes: with the
-    coarser codes recall fell to 0.81 at 200 k × 256-d and 0.51 at 5 M × 256-d); below 256 dimensions
-    8-bit scalar codes (dim bytes), 3/128 of the lists probed (at least 8: 48 of 2,048 at 1 M vectors,
-    recall@10 0.958 where 32 gave 0.941) and 100 candidates re-ranked with the exact vectors. Fewer than
-    EXACT_BELOW vectors: a flat (exact) index."""
+    quantisation of each vector's residual from its list's centre (FAISS fast-scan, `…x4fsr`) in
+    4-dimension sub-vectors (dim/8 bytes a vector), 2-dimension ones below 512 dimensions (dim/4 bytes:
+    coarser codes lost the neighbours there); below 256 dimensions 8-bit scalar codes (dim bytes). One
+    list in NPROBE_SHARE probed (at least 8: 32 of 2,048 at 1 M × 768, recall@10 0.968), 3/2 as many
+    above DENSE_ABOVE vectors (96 of 4,096 at 5 M: 0.964, where 64 gave 0.938), and RERANK candidates
+    re-ranked with the exact vectors. Fewer than EXACT_BELOW vectors: a flat (exact) index."""
     if n < EXACT_BELOW:
         return AnnParams("Flat", 1, 0)
     nlist = min(2 ** round(math.log2(2 * math.sqrt(n))), 2 ** int(math.log2(n // 39)))
-    sub = 4 if dim >= 512 and n <= DENSE_ABOVE else 2      # fewer dimensions, or denser: finer codes
-    codes = f"PQ{dim // sub}x4fs" if dim >= 256 and dim % 8 == 0 else "SQ8"
-    return AnnParams(f"IVF{nlist},{codes}", min(nlist, max(8, nlist * 3 // 128)), 100)
+    sub = 4 if dim >= 512 else 2                                   # fewer dimensions: finer codes
+    codes = f"PQ{dim // sub}x4fsr" if dim >= 256 and dim % 8 == 0 else "SQ8"
+    probes = nlist // NPROBE_SHARE * (3 if n > DENSE_ABOVE else 2) // 2     # denser: more of the lists
+    return AnnParams(f"IVF{nlist},{codes}", min(nlist, max(8, probes)), RERANK)
 
 
 def set_threads() -> int:
