@@ -6,11 +6,11 @@ are re-ranked with the exact vectors.
     scores, rows = search_ann(ann, params, queries, k, exact=ExactVectors(unit_vectors))
 
 The IVF index proposes `params.rerank` candidates per query from its compressed codes (4-bit product
-quantisation of each vector's residual from its list's centre, FAISS's fast-scan kernels); `ExactVectors` scores those candidates with the exact vectors
-(in memory, or a memory-mapped file: read only to re-rank) and the top k are kept. Rows that must not
-be returned (a retired video, the query itself) are masked among the candidates. A graph over compressed
-codes (`--factory HNSW32_PQ192`: BENCHMARKS.md, "the batch frontier") is built and searched the same way,
-`nprobe` then being its efSearch. FAISS uses as many
+quantisation of each vector's residual from its list's centre, FAISS's fast-scan kernels); `ExactVectors`
+scores those candidates with the exact vectors (in memory, or a memory-mapped file: read only to re-rank)
+and the top k are kept. Rows that must not be returned (a retired video, the query itself) are masked
+among the candidates. A graph over compressed codes (`--factory HNSW32_PQ192`: BENCHMARKS.md, "the batch
+frontier") is built and searched the same way, `nprobe` then being its efSearch. FAISS uses as many
 OpenMP threads as this process may run on (`set_threads`), or `OMP_NUM_THREADS` when set.
 """
 from __future__ import annotations
@@ -222,7 +222,7 @@ def search_phrase(index, params: AnnParams) -> str:
 
 
 def _graph(index):
-    """The HNSW graph `index` searches (itself, or the index behind its transforms: `PCA64,HNSW32`), or None."""
+    """The HNSW graph `index` searches (itself, or the index behind its transforms: `RR768,HNSW32`), or None."""
     import faiss
 
     index = faiss.downcast_index(index)

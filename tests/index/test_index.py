@@ -58,8 +58,9 @@ def test_built_from_arrays_it_finds_what_exact_search_finds(data):
 
 @pytest.mark.parametrize("factory", ["HNSW16", f"RR{DIM},HNSW16"])
 def test_a_graph_is_searched_with_nprobe_as_its_efsearch(data, factory):
-    """A graph (`--factory HNSW16`, or behind a transform, a random rotation here: no inverted lists, trained on TRAIN_CODES rows)
-    searched with nprobe as its efSearch: a wider search finds more, and `describe` says efSearch."""
+    """A graph (`--factory HNSW16`, or behind a transform, a random rotation here: no inverted lists,
+    trained on TRAIN_CODES rows) searched with nprobe as its efSearch: a wider search finds more, and
+    `describe` says efSearch."""
     from pipeline.index.searcher import Approximate
 
     exact = VideoIndex([str(i) for i in range(N)], data.vectors[:N], device="cpu")
